@@ -1,0 +1,438 @@
+"""The one training loop for every model in this repository.
+
+    python train.py --model trdetr --data qvh                     # train with the official defaults
+    python train.py --model trdetr --data synthetic               # the quick start, no download
+    python train.py --model trdetr --data qvh --summary           # model + parameter count only
+    python train.py --model trdetr --data qvh --resume results/trdetr_qvh/last.ckpt       # continue
+    python train.py --model trdetr --data qvh --eval-only --resume results/trdetr_qvh/best.ckpt
+
+What one run does, in order:
+  1. Build the dataset spec (data.py) and the model's per-dataset Config (the official defaults,
+     overridable from the command line), seed everything, pick CUDA when available.
+  2. Load the train and eval splits once into memory (data.py), build the model and its loss.
+  3. Train with AdamW + StepLR + gradient clipping; every `eval_every` epochs (and at the last
+     epoch) predict the eval split, write the official submission format, score it with metrics.py
+     and keep the checkpoint that is best by the official criterion (QVH: MR-full-mAP).
+  4. After every epoch write `last.ckpt` (model, optimiser, scheduler, every RNG state), so a killed
+     run resumed with --resume continues exactly where it stopped.
+
+Every file in the results directory is written atomically (temporary file + rename), so a run killed
+at any moment never leaves a half-written checkpoint, prediction or metrics file behind:
+  config.json      the full configuration of the run
+  log.txt          one line per epoch (losses) and per evaluation (brief metrics)
+  last.ckpt        the state after the latest finished epoch (for --resume)
+  best.ckpt        the weights of the best evaluation so far
+  val_preds.jsonl  the best epoch's predictions on the eval split, official submission format
+  metrics.json     the best epoch's metrics ("brief" block as the official evaluation prints it)
+
+The model files all follow one contract (see trdetr.py): `Config`, `default_config(dataset)`,
+`build(cfg, video_dim, text_dim) -> (model, loss)`, `model(video_feats, video_mask, query_feats,
+query_mask) -> outputs`, `loss(outputs, batch) -> (total, terms)` and `predict(outputs, video_mask)
+-> (windows, saliency)`. This loop knows nothing else about them.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import common
+import data
+import metrics
+import trdetr
+
+# The models this loop can train: a plain dict of modules that follow the contract above.
+MODELS = {"trdetr": trdetr}
+
+# The official PostProcessorDETR clamps every predicted window to [0, 150] s (QVHighlights' video
+# length) before rounding it to the clip grid; VideoLights and FlashVTG keep the same clamp for
+# Charades-STA, whose videos are shorter, so we do too.
+MAX_WINDOW_END = 150.0
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (e.g. a non-finite loss); the message says where its last good state is."""
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Train and evaluate a moment retrieval + highlight detection model.",
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="trdetr", help="default: trdetr")
+    p.add_argument("--data", choices=["qvh", "charades", "tvsum", "synthetic"], default="synthetic",
+                   help="dataset (default: synthetic, generated on first use); the others need "
+                        "the feature releases (README: Getting the features)")
+    p.add_argument("--feat-root", default=None,
+                   help="feature root of the dataset (default: features/<data>)")
+    p.add_argument("--anno-dir", default=None,
+                   help="directory of the annotation files (default: the feature root)")
+    p.add_argument("--domain", default=None, choices=data.TVSUM_DOMAINS,
+                   help="TVSum only: one domain (e.g. BK); default: all 10, one run each")
+    p.add_argument("--results-dir", default=None,
+                   help="where the run writes its files (default: results/<model>_<data>)")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the config's batch size")
+    p.add_argument("--lr", type=float, default=None, help="override the config's learning rate")
+    p.add_argument("--seed", type=int, default=None, help="override the config's (official) seed")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N epochs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any Config field, e.g. --set enc_layers=3 (repeatable)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue a run from its last.ckpt, or (with --eval-only) the weights to evaluate")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only evaluate --resume CKPT on the eval split (and write QVH test predictions)")
+    p.add_argument("--summary", action="store_true",
+                   help="print the model and its trainable parameter count, then exit (no features needed)")
+    p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p.parse_args(argv)
+
+
+def build_config(module, args, saved=None):
+    """The run's Config: the saved one when resuming, else the model's official defaults for the
+    dataset; then the command-line overrides, each checked against the dataclass fields."""
+    cfg = module.Config(**saved) if saved is not None else module.default_config(args.data)
+    direct = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "seed": args.seed, "eval_every": args.eval_every}
+    changes = {k: v for k, v in direct.items() if v is not None}
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for item in args.overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields))}")
+        current = getattr(cfg, name)
+        # Parse the value as the field's current type (bool accepts true/false/1/0).
+        if isinstance(current, bool):
+            value = text.lower() in ("1", "true", "yes")
+        elif isinstance(current, (int, float, str)):
+            value = type(current)(text)
+        else:
+            value = json.loads(text)
+        changes[name] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def seed_everything(seed):
+    random.seed(seed)          # data.py draws the random saliency pairs with Python's random
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state(loader_gen):
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(), "loader": loader_gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state, loader_gen):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    loader_gen.set_state(state["loader"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path):
+    """torch.save into a temporary file beside `path`, then rename: a kill never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def to_device(batch, device):
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            out[key] = value.to(device, non_blocking=True)
+        elif key == "span_targets":
+            out[key] = [t.to(device) for t in value]
+        else:
+            out[key] = value
+    return out
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def log_line(results_dir, text):
+    with open(os.path.join(results_dir, "log.txt"), "a") as f:
+        f.write(text + "\n")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict_split(model, module, dataset, cfg, device, data_name, show_progress=True):
+    """Run the model over a split and return its submission lines (official format).
+
+    Windows: normalised [st, ed] x duration -> seconds, clamped to [0, 150] and rounded to the clip
+    grid (official PostProcessorDETR), score rounded to 4 decimals, rows sorted by score.
+    Saliency: one score per loaded clip, cast to float16 first as the official QVH code does
+    (float16 creates ties, and the official HD mAP groups tied scores).
+    """
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False,
+                                         collate_fn=data.collate)
+    rows = []
+    for batch in tqdm(loader, desc="  predict", leave=False, disable=not show_progress):
+        batch = to_device(batch, device)
+        outputs = model(batch["video_feats"], batch["video_mask"],
+                        batch["query_feats"], batch["query_mask"])
+        windows, saliency = module.predict(outputs, batch["video_mask"])
+        windows, saliency = windows.float().cpu(), saliency.float().cpu()
+        for i, meta in enumerate(batch["meta"]):
+            n_clips = meta["n_clips"]
+            row = {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"]}
+            if data_name == "tvsum":
+                # TVSum is highlight detection only; the official TVSum evaluation ranks raw scores.
+                row["pred_saliency_scores"] = saliency[i, :n_clips].tolist()
+            else:
+                spans = windows[i, :, :2] * meta["duration"]                     # (Nq, 2) seconds
+                spans = common.postprocess_windows(spans, MAX_WINDOW_END, meta["clip_len"])
+                scores = windows[i, :, 2]
+                order = torch.argsort(scores, descending=True, stable=True)
+                row["pred_relevant_windows"] = [
+                    [round(float(spans[j, 0]), 4), round(float(spans[j, 1]), 4),
+                     round(float(scores[j]), 4)] for j in order.tolist()]
+                row["pred_saliency_scores"] = saliency[i, :n_clips].half().float().tolist()
+            rows.append(row)
+    return rows
+
+
+def score(rows, dataset, data_name):
+    """Official metrics of a split's submission lines against its annotations."""
+    if data_name == "tvsum":
+        return metrics.evaluate_tvsum(rows, dataset.annotations)
+    if data_name == "charades":
+        return metrics.evaluate_charades(rows, dataset.annotations)
+    return metrics.evaluate_qvh(rows, dataset.annotations)   # qvh and synthetic share the metric
+
+
+# ----------------------------------------------------------------------------- one run
+
+def feature_dims(spec):
+    """Input dims of the model from the dataset spec alone (for --summary, no files read)."""
+    video_dim = sum(s.dim for s in spec.video_streams) + (2 if spec.use_tef else 0)
+    return video_dim, spec.text_stream.dim
+
+
+def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint=None):
+    """Train (or, with --eval-only, evaluate) one model on one dataset (one TVSum domain).
+    Returns the brief metrics of the best evaluation."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    show = not args.no_progress
+    if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
+        # Never overwrite a finished or interrupted run's files.
+        raise SystemExit(f"{results_dir} already holds a run: continue it with --resume "
+                         f"{os.path.join(results_dir, 'last.ckpt')}, or pass another --results-dir")
+    os.makedirs(results_dir, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    eval_split = spec.eval_split
+    splits = [eval_split] if args.eval_only else ["train", eval_split]
+    datasets = {s: data.load_dataset(spec, feat_root, s, domain=domain, anno_dir=args.anno_dir,
+                                     progress=show) for s in splits}
+    some = datasets[eval_split]
+    model, criterion = module.build(cfg, some.video_dim, some.text_dim)
+    model.to(device)
+    criterion.to(device)
+
+    if args.eval_only:
+        model.load_state_dict(checkpoint["model"])
+        return evaluate_only(args, module, model, cfg, spec, feat_root, datasets[eval_split],
+                             results_dir, device, domain)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The official runs step the scheduler once per epoch; with lr_drop >= epochs it never decays.
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_drop, gamma=0.1)
+    loader_gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=cfg.batch_size,
+                                               shuffle=True, collate_fn=data.collate,
+                                               generator=loader_gen)
+    start_epoch, best = 1, {"score": -float("inf"), "epoch": None, "brief": None}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"], loader_gen)
+        start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
+        print(f"resumed from epoch {checkpoint['epoch']} (best so far: {best['score']:.2f} "
+              f"at epoch {best['epoch']})")
+    else:
+        metrics.write_json_atomic(os.path.join(results_dir, "config.json"), {
+            "model": args.model, "data": args.data, "domain": domain, "feat_root": str(feat_root),
+            "config": dataclasses.asdict(cfg), "trainable_parameters": count_parameters(model)})
+    where = f"{args.data}" + (f"/{domain}" if domain else "")
+    print(f"{args.model} on {where}: {len(datasets['train'])} train / {len(some)} {eval_split} "
+          f"queries, {count_parameters(model):,} trainable parameters, device {device}")
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        sums, steps, t0 = {}, 0, time.time()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
+        for batch in bar:
+            batch = to_device(batch, device)
+            outputs = model(batch["video_feats"], batch["video_mask"],
+                            batch["query_feats"], batch["query_mask"])
+            loss, terms = criterion(outputs, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss at epoch {epoch}, step {steps + 1} ({terms}); the last good "
+                    f"state is {os.path.join(results_dir, 'last.ckpt')} (epoch {epoch - 1})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        scheduler.step()
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        line = (f"epoch {epoch} {time.time() - t0:.1f}s lr {optimizer.param_groups[0]['lr']:.2e} "
+                + " ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())))
+        log_line(results_dir, line)
+
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            rows = predict_split(model, module, datasets[eval_split], cfg, device, args.data, show)
+            result = score(rows, datasets[eval_split], args.data)
+            value = result["brief"][cfg.best_metric]
+            log_line(results_dir, f"eval epoch {epoch} " + json.dumps(result["brief"]))
+            is_best = value > best["score"]
+            if is_best:
+                best = {"score": value, "epoch": epoch, "brief": result["brief"]}
+                save_atomic({"model": model.state_dict(), "epoch": epoch, "model_name": args.model,
+                             "data": args.data, "domain": domain,
+                             "config": dataclasses.asdict(cfg)},
+                            os.path.join(results_dir, "best.ckpt"))
+                metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds.jsonl"), rows)
+                metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
+                    "model": args.model, "data": args.data, "domain": domain, "split": eval_split,
+                    "epoch": epoch, "best_metric": cfg.best_metric, "brief": result["brief"]})
+            shown = ", ".join(f"{k} {v}" for k, v in list(result["brief"].items())[:6])
+            tqdm.write(f"epoch {epoch}: {shown}" + ("  (best)" if is_best else ""))
+        else:
+            tqdm.write(line)
+
+        # The resumable state is written last, after the epoch's evaluation and best.ckpt.
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(loader_gen),
+                     "epoch": epoch, "best": best, "model_name": args.model, "data": args.data,
+                     "domain": domain, "config": dataclasses.asdict(cfg)},
+                    os.path.join(results_dir, "last.ckpt"))
+
+    print(f"best {cfg.best_metric} {best['score']} at epoch {best['epoch']}; files in {results_dir}")
+    return best["brief"]
+
+
+def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_dir, device, domain):
+    """--eval-only: predictions and metrics of one checkpoint; QVH also gets test predictions."""
+    show = not args.no_progress
+    rows = predict_split(model, module, dataset, cfg, device, args.data, show)
+    result = score(rows, dataset, args.data)
+    metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds.jsonl"), rows)
+    metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
+        "model": args.model, "data": args.data, "domain": domain, "split": spec.eval_split,
+        "checkpoint": os.path.abspath(args.resume), "brief": result["brief"]})
+    print(json.dumps(result["brief"], indent=4))
+    if args.data == "qvh":
+        # The QVHighlights test split: the submission file the (former) CodaLab server took.
+        test = data.load_dataset(spec, feat_root, "test", anno_dir=args.anno_dir, progress=show)
+        test_rows = predict_split(model, module, test, cfg, device, args.data, show)
+        metrics.write_jsonl_atomic(os.path.join(results_dir, "test_preds.jsonl"), test_rows)
+        print(f"test predictions: {os.path.join(results_dir, 'test_preds.jsonl')}")
+    return result["brief"]
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_args(argv)
+    module = MODELS[args.model]
+    spec = data.dataset_spec(args.data)
+
+    checkpoint = None
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f"--resume: no checkpoint at {args.resume}")
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+        if checkpoint.get("model_name") != args.model or checkpoint.get("data") != args.data:
+            raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
+                             f"{checkpoint.get('data')}, not {args.model} on {args.data}")
+    elif args.eval_only:
+        raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
+    cfg = build_config(module, args, checkpoint["config"] if checkpoint else None)
+
+    if args.summary:
+        video_dim, text_dim = feature_dims(spec)
+        model, _ = module.build(cfg, video_dim, text_dim)
+        print(model)
+        print(f"input dims: video {video_dim}, text {text_dim}")
+        print(f"trainable parameters: {count_parameters(model)}")
+        return 0
+
+    feat_root = args.feat_root or os.path.join("features", args.data)
+    if args.data == "synthetic" and (args.feat_root is None or not os.path.isfile(
+            os.path.join(feat_root, data.SYNTHETIC_MARKER))):
+        # Generated on first use (seconds). A set you generated yourself under --feat-root (e.g.
+        # `python data.py synthetic --out DIR` with other sizes) is used as it is.
+        data.ensure_synthetic(feat_root, progress=not args.no_progress)
+
+    if args.results_dir:
+        results_dir = args.results_dir
+    elif args.resume and args.eval_only:
+        stem = os.path.splitext(os.path.basename(args.resume))[0]
+        results_dir = os.path.join(os.path.dirname(os.path.abspath(args.resume)), f"eval_{stem}")
+    elif args.resume:
+        results_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        results_dir = os.path.join("results", f"{args.model}_{args.data}")
+    if args.data == "tvsum":
+        domains = [args.domain] if args.domain else (
+            [checkpoint["domain"]] if checkpoint and checkpoint.get("domain") else data.TVSUM_DOMAINS)
+        table = {}
+        for domain in domains:
+            sub = results_dir if len(domains) == 1 else os.path.join(results_dir, domain)
+            table[domain] = run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
+        if len(domains) > 1:
+            print_tvsum_table(table, results_dir)
+        return 0
+    run(args, module, cfg, spec, feat_root, results_dir, None, checkpoint)
+    return 0
+
+
+def print_tvsum_table(table, results_dir):
+    """Top-5 mAP per TVSum domain (x100, the papers' format) and the average, as markdown."""
+    head = "| " + " | ".join(table) + " | Avg |"
+    avg = sum(table.values()) / len(table)
+    row = "| " + " | ".join(f"{100 * v:.1f}" for v in table.values()) + f" | {100 * avg:.1f} |"
+    text = "\n".join([head, "|" + "---|" * (len(table) + 1), row])
+    print(text)
+    metrics.write_json_atomic(os.path.join(results_dir, "tvsum_table.json"),
+                              {"mAP": table, "Avg": avg})
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (data.FeatureError, TrainingError) as err:
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: resume with --resume <results dir>/last.ckpt")
