@@ -57,7 +57,7 @@ query). Keeping float16 instead would halve that (3.4 GiB) at a relative roundin
 per value; we chose exactness because these runs happen on GPU servers where 7 GiB of RAM is not
 a constraint.
 Charades-STA (SF+C, one row per second): train 1.7 GiB (5,336 videos, 164,746 s), test 0.4 GiB;
-TVSum 49 MiB (6,266 shots x 2,050); the default synthetic set 83 MiB (1,500 x 75 x 194).
+TVSum 49 MiB (6,266 shots x 2,050); the default synthetic set 72 MiB (1,300 x <=75 x 194).
 
 Where the details come from
 ---------------------------

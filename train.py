@@ -56,6 +56,11 @@ MODELS = {"trdetr": trdetr}
 # Charades-STA, whose videos are shorter, so we do too.
 MAX_WINDOW_END = 150.0
 
+# What the per-evaluation line shows: the papers' headline columns (all of a shorter brief block).
+HEADLINE_KEYS = ("MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU",
+                 "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-mAP",
+                 "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1", "mAP")
+
 
 class TrainingError(Exception):
     """A run that cannot go on (e.g. a non-finite loss); the message says where its last good state is."""
@@ -326,7 +331,8 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                 metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
                     "model": args.model, "data": args.data, "domain": domain, "split": eval_split,
                     "epoch": epoch, "best_metric": cfg.best_metric, "brief": result["brief"]})
-            shown = ", ".join(f"{k} {v}" for k, v in list(result["brief"].items())[:6])
+            shown = ", ".join(f"{k} {v}" for k, v in result["brief"].items()
+                              if k in HEADLINE_KEYS or len(result["brief"]) <= len(HEADLINE_KEYS))
             tqdm.write(f"epoch {epoch}: {shown}" + ("  (best)" if is_best else ""))
         else:
             tqdm.write(line)
