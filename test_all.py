@@ -1408,3 +1408,41 @@ def test_train_reports_missing_features_clearly(tmp_path):
     assert "Traceback" not in proc.stderr
     assert str(tmp_path / "nothing") in proc.stderr
     assert "Getting the features" in proc.stderr
+
+
+def test_qvh_real_layout_train_then_eval_only_writes_test_submission(tmp_path):
+    # The real-data path end to end on a tiny tree in the QVHighlights layout and dims (2818 / 512):
+    # train one epoch, then --eval-only writes the val metrics and the unlabelled test submission.
+    root, _, _ = _data_qvh_root(tmp_path)
+    run_dir = tmp_path / "run"
+    small = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+                       "--results-dir", str(run_dir), "--epochs", "1", *small]) == 0
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+                       "--eval-only", "--resume", str(run_dir / "best.ckpt")]) == 0
+    out = run_dir / "eval_best"
+    assert set(json.loads((out / "metrics.json").read_text())["brief"]) >= {"MR-full-mAP", "HL-min-VeryGood-Hit1"}
+    (test_row,) = metrics.read_jsonl(out / "test_preds.jsonl")
+    assert test_row["qid"] == 1 and test_row["vid"] == "v2"
+    assert len(test_row["pred_saliency_scores"]) == 59          # one score per loaded clip
+    assert len(test_row["pred_relevant_windows"]) == 10
+    for st, ed, _ in test_row["pred_relevant_windows"]:
+        assert 0 <= st <= 150 and 0 <= ed <= 150 and st % 2 == 0 and ed % 2 == 0
+
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
+                    reason="../shared/realdata/tvsum (real TVSum features) not present")
+def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
+    run_dir = tmp_path / "bk"
+    assert train.main(["--model", "trdetr", "--data", "tvsum", "--domain", "BK", "--no-progress",
+                       "--feat-root", str(SHARED / "realdata" / "tvsum"), "--results-dir", str(run_dir),
+                       "--epochs", "2", "--eval-every", "1",
+                       "--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]) == 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["domain"] == "BK" and saved["best_metric"] == "mAP"
+    assert 0.0 <= saved["brief"]["mAP"] <= 1.0
+    (row,) = metrics.read_jsonl(run_dir / "val_preds.jsonl")          # one val video per domain
+    gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_val.jsonl")
+          if a["domain"] == "BK"]
+    assert row["qid"] == gt[0]["qid"] and len(row["pred_saliency_scores"]) == len(gt[0]["label"])
+    assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
