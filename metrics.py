@@ -116,7 +116,7 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
-def _write_text_atomic(path, text: str) -> None:
+def write_text_atomic(path, text: str) -> None:
     # Write next to the target (same file system, so os.replace is atomic), force the bytes to
     # disk, then swap: a reader never sees a half-written file, even if we are killed mid-way.
     path = Path(path)
@@ -135,13 +135,13 @@ def _write_text_atomic(path, text: str) -> None:
 
 def write_jsonl_atomic(path, rows) -> None:
     """Write an iterable of dicts, one JSON object per line, atomically."""
-    _write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_json_atomic(path, obj, indent=4) -> None:
     """Write one JSON document atomically. Like the official eval.py, no trailing newline, so a
     metrics file we write is byte-identical to the official one."""
-    _write_text_atomic(path, json.dumps(obj, indent=indent))
+    write_text_atomic(path, json.dumps(obj, indent=indent))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1414,13 +1414,22 @@ def test_qvh_real_layout_train_then_eval_only_writes_test_submission(tmp_path):
     # The real-data path end to end on a tiny tree in the QVHighlights layout and dims (2818 / 512):
     # train one epoch, then --eval-only writes the val metrics and the unlabelled test submission.
     root, _, _ = _data_qvh_root(tmp_path)
+    # The released test labels (moment_detr's highlight_test_with_gt.jsonl): same lines + labels.
+    labelled_test = [dict(metrics.read_jsonl(root / "highlight_train_release.jsonl")[1])]
+    _data_write_jsonl(root / "highlight_test_with_gt.jsonl", labelled_test)
     run_dir = tmp_path / "run"
     small = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
     assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
                        "--results-dir", str(run_dir), "--epochs", "1", *small]) == 0
     assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
-                       "--eval-only", "--resume", str(run_dir / "best.ckpt")]) == 0
+                       "--eval-only", "--resume", str(run_dir / "best.ckpt"), "--plot", "1"]) == 0
     out = run_dir / "eval_best"
+    # Local test evaluation: the official metrics of test_preds.jsonl against the labelled file.
+    test_rows = metrics.read_jsonl(out / "test_preds.jsonl")
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["split"] == "test"
+    assert saved["brief"] == metrics.evaluate_qvh(test_rows, labelled_test)["brief"]
+    assert (out / "plots" / "0.svg").is_file()                  # the first val query, qid 0
     assert set(json.loads((out / "metrics.json").read_text())["brief"]) >= {"MR-full-mAP", "HL-min-VeryGood-Hit1"}
     (test_row,) = metrics.read_jsonl(out / "test_preds.jsonl")
     assert test_row["qid"] == 1 and test_row["vid"] == "v2"
@@ -1446,3 +1455,78 @@ def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
           if a["domain"] == "BK"]
     assert row["qid"] == gt[0]["qid"] and len(row["pred_saliency_scores"]) == len(gt[0]["label"])
     assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
+
+
+def test_eval_only_with_a_missing_test_gt_is_a_clear_error(tmp_path):
+    root, _, _ = _data_qvh_root(tmp_path)
+    with pytest.raises(SystemExit, match="go with --eval-only"):
+        train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--plot", "2"])
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared (fixtures) not present: Charades lines")
+def test_trdetr_trains_on_charades_real_annotation_lines(tmp_path):
+    # Charades-STA lines have one window and no clip ids or scores; data.window_labels derives the
+    # saliency pairs, saliency_all and TR-DETR's clip-relevance mask from the window, so the full
+    # TR-DETR loss (CTC included) trains. Real annotation lines, random features in the real layout.
+    fixtures = SHARED / "fixtures" / "charades"
+    root = tmp_path / "charades"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        lines = metrics.read_jsonl(fixtures / f"charades_sta_{split}_tvr_format.jsonl")[:n]
+        _data_write_jsonl(root / f"charades_sta_{split}_tvr_format.jsonl", lines)
+        for ann in lines:
+            n_clips = int(ann["duration"])                     # one row per 1-s clip
+            _data_npz(root / "slowfast_features" / f"{ann['vid']}.npz",
+                      features=rng.normal(size=(n_clips, 2304)).astype(np.float16))
+            _data_npz(root / "clip_features" / f"{ann['vid']}.npz",
+                      features=rng.normal(size=(n_clips, 512)).astype(np.float16))
+            _data_npz(root / "clip_text_features" / f"qid{ann['qid']}.npz",
+                      last_hidden_state=rng.normal(size=(9, 512)).astype(np.float16))
+    ds = data.load_dataset("charades", root, "train", progress=False)
+    batch = data.collate([ds[i] for i in range(len(ds))])
+    # Every item has relevant clips and graded (0/1) saliency derived from its window.
+    assert (batch["relevant_mask"].sum(1) > 0).all()
+    assert set(batch["saliency_all"].unique().tolist()) <= {0.0, 1.0}
+    model, criterion = trdetr.build(dataclasses.replace(trdetr.default_config("charades"), hidden_dim=32,
+                                                        dim_feedforward=64, nheads=4), ds.video_dim, ds.text_dim)
+    out = model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+    total, terms = criterion(out, batch)
+    assert torch.isfinite(total) and terms["loss_ctc"] > 0 and terms["loss_saliency"] > 0
+    run_dir = tmp_path / "run"
+    assert train.main(["--model", "trdetr", "--data", "charades", "--feat-root", str(root), "--no-progress",
+                       "--results-dir", str(run_dir), "--epochs", "1", "--set", "hidden_dim=32",
+                       "--set", "dim_feedforward=64", "--set", "nheads=4"]) == 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["best_metric"] == "MR-full-R1@0.7"
+    assert {"MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"} <= set(saved["brief"])
+    for row in metrics.read_jsonl(run_dir / "val_preds.jsonl"):    # rounded to the 1-s clip grid
+        assert all(float(st).is_integer() and float(ed).is_integer()
+                   for st, ed, _ in row["pred_relevant_windows"])
+
+
+def test_prediction_svg_draws_what_it_says():
+    import xml.etree.ElementTree as ET
+    gt = {"qid": 7, "query": "a <dog> & a cat", "duration": 20, "vid": "v",
+          "relevant_windows": [[2, 6], [10, 12]], "relevant_clip_ids": [1, 2, 5],
+          "saliency_scores": [[4, 4, 4], [2, 2, 2], [0, 1, 2]]}
+    row = {"qid": 7, "vid": "v", "pred_saliency_scores": [0.1 * i for i in range(10)],
+           "pred_relevant_windows": [[2, 6, 0.9], [0, 20, 0.5], [10, 12, 0.4], [4, 8, 0.1]]}
+    root = ET.fromstring(train.prediction_svg(row, gt, clip_len=2, top_k=3, width=900))
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = lambda cls: [r for r in root.iter(ns + "rect") if r.get("class") == cls]
+    # Plot area: x from 60 to 880 (820 px) for 0..20 s, i.e. 41 px per second.
+    assert [(float(r.get("x")), float(r.get("width"))) for r in rects("gt-window")] == [(142.0, 164.0), (470.0, 82.0)]
+    assert [float(r.get("height")) for r in rects("gt-saliency")] == [160.0, 80.0, 40.0]   # means 4, 2, 1 of 4 x 160 px
+    assert [float(r.get("x")) for r in rects("pred-window")] == [142.0, 60.0, 470.0]        # top 3, best first
+    (curve,) = [p for p in root.iter(ns + "polyline")]
+    points = [tuple(map(float, p.split(","))) for p in curve.get("points").split()]
+    assert len(points) == 10
+    assert points[0] == (101.0, 210.0) and points[-1][1] == 50.0    # lowest score at the bottom, highest at the top
+    texts = "".join(t.text or "" for t in root.iter(ns + "text"))
+    assert "a <dog> & a cat" in texts                                # escaped in the file, intact when parsed
+    # TVSum: no windows, the 20 annotators' mean 1..5 score per shot.
+    tv = train.prediction_svg({"qid": "x", "pred_saliency_scores": [1.0, 2.0, 3.0]},
+                              {"qid": "x", "query": "t", "duration": 3, "label": [[1] * 20, [3] * 20, [5] * 20]},
+                              clip_len=2)
+    tv_root = ET.fromstring(tv)
+    assert len([r for r in tv_root.iter(ns + "rect") if r.get("class") == "gt-saliency"]) == 3

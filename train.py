@@ -56,6 +56,9 @@ MODELS = {"trdetr": trdetr}
 # Charades-STA, whose videos are shorter, so we do too.
 MAX_WINDOW_END = 150.0
 
+# The labelled QVHighlights test file (moment_detr, released after the CodaLab server closed).
+QVH_TEST_GT = "highlight_test_with_gt.jsonl"
+
 # What the per-evaluation line shows: the papers' headline columns (all of a shorter brief block).
 HEADLINE_KEYS = ("MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU",
                  "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-mAP",
@@ -96,6 +99,14 @@ def parse_args(argv=None):
                    help="continue a run from its last.ckpt, or (with --eval-only) the weights to evaluate")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate --resume CKPT on the eval split (and write QVH test predictions)")
+    p.add_argument("--test-gt", default=None, metavar="JSONL",
+                   help="QVH, with --eval-only: the labelled test file (moment_detr's "
+                        "highlight_test_with_gt.jsonl) to score test_preds.jsonl with; default: "
+                        "that file in the annotation dir, when present")
+    p.add_argument("--plot", type=int, default=0, metavar="N",
+                   help="with --eval-only: draw the first N eval queries as SVG (results dir plots/)")
+    p.add_argument("--plot-qids", type=int, nargs="+", default=None, metavar="QID",
+                   help="with --eval-only: draw these queries (by qid) as SVG")
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
@@ -364,7 +375,120 @@ def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_di
         test_rows = predict_split(model, module, test, cfg, device, args.data, show)
         metrics.write_jsonl_atomic(os.path.join(results_dir, "test_preds.jsonl"), test_rows)
         print(f"test predictions: {os.path.join(results_dir, 'test_preds.jsonl')}")
+        # The test labels were released after the CodaLab server closed: score locally when we have them.
+        test_gt = args.test_gt or os.path.join(args.anno_dir or feat_root, QVH_TEST_GT)
+        if os.path.isfile(test_gt):
+            test_result = metrics.evaluate_qvh(test_rows, metrics.read_jsonl(test_gt))
+            metrics.write_json_atomic(os.path.join(results_dir, "test_metrics.json"), {
+                "model": args.model, "data": args.data, "split": "test", "gt": os.path.abspath(test_gt),
+                "checkpoint": os.path.abspath(args.resume), "brief": test_result["brief"]})
+            print("test metrics:\n" + json.dumps(test_result["brief"], indent=4))
+        elif args.test_gt:
+            raise SystemExit(f"--test-gt: no file at {args.test_gt}")
+    if args.plot or args.plot_qids:
+        write_plots(rows, dataset, args, results_dir, spec.clip_len)
     return result["brief"]
+
+
+# ----------------------------------------------------------------------------- prediction plots
+
+def write_plots(rows, dataset, args, results_dir, clip_len):
+    """One standalone SVG per chosen query: plots/<qid>.svg."""
+    gt_by_qid = {a["qid"]: a for a in dataset.annotations}
+    if args.plot_qids:
+        missing = [q for q in args.plot_qids if q not in gt_by_qid]
+        if missing:
+            raise SystemExit(f"--plot-qids: {missing} not in the {args.data} eval split")
+        chosen = [r for r in rows if r["qid"] in set(args.plot_qids)]
+    else:
+        chosen = rows[:args.plot]
+    os.makedirs(os.path.join(results_dir, "plots"), exist_ok=True)
+    for row in chosen:
+        path = os.path.join(results_dir, "plots", f"{row['qid']}.svg")
+        metrics.write_text_atomic(path, prediction_svg(row, gt_by_qid[row["qid"]], clip_len))
+    print(f"{len(chosen)} plots in {os.path.join(results_dir, 'plots')}")
+
+
+def _xml(text):
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+def prediction_svg(row, gt, clip_len, top_k=3, width=900):
+    """A picture of one query's prediction against its ground truth, as a standalone SVG string.
+
+    Top panel, over the video's time axis: the ground-truth windows as green bands, the annotators'
+    mean saliency per clip as grey bars (0..4 for QVHighlights, 1..5 for TVSum; Charades-STA has
+    none), and the predicted saliency as a blue curve (min-max scaled to the panel, since only its
+    ranking matters to the metrics). Below it: the top-k predicted windows as orange bars with
+    their scores, the best first. No plotting library: a few SVG primitives are all it takes.
+    """
+    saliency = row.get("pred_saliency_scores") or []
+    n_clips = len(saliency)
+    duration = float(gt.get("duration") or n_clips * clip_len)
+    if "label" in gt:                                  # TVSum: "duration" counts shots, not seconds
+        duration = n_clips * clip_len
+    windows = (row.get("pred_relevant_windows") or [])[:top_k]
+    left, right, top, panel_h = 60, 20, 50, 160
+    lane_h = 22
+    height = top + panel_h + 30 + lane_h * len(windows) + 30
+    plot_w = width - left - right
+
+    def x(seconds):
+        return left + plot_w * min(max(seconds / duration, 0.0), 1.0)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="20" font-size="14" font-weight="bold">{_xml(gt.get("query", ""))}</text>',
+           f'<text x="{left}" y="38" fill="#555">qid {_xml(row["qid"])} · vid {_xml(row.get("vid", ""))} · '
+           f'{duration:g} s, {n_clips} clips</text>',
+           f'<text x="{left}" y="{height - 10}" fill="#555">'
+           f'<tspan fill="#2ca02c">■</tspan> GT windows  <tspan fill="#999">■</tspan> annotators\' mean '
+           f'score  <tspan fill="#1f77b4">━</tspan> predicted saliency  <tspan fill="#ff7f0e">■</tspan> '
+           f'top-{top_k} predicted windows</text>']
+    # ground-truth windows (green bands)
+    for st, ed in gt.get("relevant_windows") or []:
+        out.append(f'<rect class="gt-window" x="{x(st):.1f}" y="{top}" width="{x(ed) - x(st):.1f}" '
+                   f'height="{panel_h}" fill="#2ca02c" fill-opacity="0.18"/>')
+    # annotators' mean score per clip (grey bars)
+    gt_scores, max_score = {}, 4.0
+    if gt.get("saliency_scores"):
+        gt_scores = {c: sum(s) / len(s) for c, s in zip(gt["relevant_clip_ids"], gt["saliency_scores"])}
+    elif "label" in gt:
+        gt_scores = {c: sum(s) / len(s) for c, s in enumerate(gt["label"])}
+        max_score = 5.0
+    for c, value in sorted(gt_scores.items()):
+        h = panel_h * value / max_score
+        out.append(f'<rect class="gt-saliency" x="{x(c * clip_len):.1f}" y="{top + panel_h - h:.1f}" '
+                   f'width="{max(x((c + 1) * clip_len) - x(c * clip_len) - 1, 0.5):.1f}" '
+                   f'height="{h:.1f}" fill="#999" fill-opacity="0.6"/>')
+    # predicted saliency (blue curve through the clip centres)
+    if n_clips:
+        lo, hi = min(saliency), max(saliency)
+        span = (hi - lo) or 1.0
+        points = " ".join(f"{x((i + 0.5) * clip_len):.1f},{top + panel_h * (1 - (v - lo) / span):.1f}"
+                          for i, v in enumerate(saliency))
+        out.append(f'<polyline class="pred-saliency" points="{points}" fill="none" '
+                   f'stroke="#1f77b4" stroke-width="2"/>')
+    # panel frame and time ticks
+    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#333"/>')
+    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if duration / s <= 10)
+    t = 0.0
+    while t <= duration + 1e-9:
+        out.append(f'<text x="{x(t):.1f}" y="{top + panel_h + 15}" text-anchor="middle" '
+                   f'fill="#333">{t:g}</text>')
+        t += step
+    out.append(f'<text x="{left - 8}" y="{top + 12}" text-anchor="end" fill="#1f77b4">pred</text>')
+    out.append(f'<text x="{left - 8}" y="{top + panel_h}" text-anchor="end" fill="#777">GT</text>')
+    # top-k predicted windows (orange bars, best first)
+    for k, (st, ed, s) in enumerate(windows):
+        y = top + panel_h + 30 + k * lane_h
+        out.append(f'<rect class="pred-window" x="{x(st):.1f}" y="{y}" width="{max(x(ed) - x(st), 1):.1f}" '
+                   f'height="{lane_h - 6}" fill="#ff7f0e"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end">#{k + 1} {s:.2f}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
@@ -384,6 +508,8 @@ def main(argv=None):
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
     elif args.eval_only:
         raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
+    if (args.plot or args.plot_qids or args.test_gt) and not args.eval_only:
+        raise SystemExit("--plot, --plot-qids and --test-gt go with --eval-only --resume CKPT")
     cfg = build_config(module, args, checkpoint["config"] if checkpoint else None)
 
     if args.summary:
