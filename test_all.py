@@ -1320,11 +1320,14 @@ def _tiny_synthetic(root):
     return root
 
 
+# Config overrides that shrink TR-DETR for the end-to-end tests (the loop, data and metrics stay real).
+SMALL_MODEL = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
+
+
 def _train_args(root, results, *extra):
-    # A small model keeps the end-to-end test in seconds; the loop, data and metrics are the real ones.
     return ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root),
             "--results-dir", str(results), "--no-progress", "--batch-size", "8", "--eval-every", "1",
-            "--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4", *extra]
+            *SMALL_MODEL, *extra]
 
 
 def test_summary_prints_the_official_parameter_count(capsys):
@@ -1418,9 +1421,8 @@ def test_qvh_real_layout_train_then_eval_only_writes_test_submission(tmp_path):
     labelled_test = [dict(metrics.read_jsonl(root / "highlight_train_release.jsonl")[1])]
     _data_write_jsonl(root / "highlight_test_with_gt.jsonl", labelled_test)
     run_dir = tmp_path / "run"
-    small = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
     assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
-                       "--results-dir", str(run_dir), "--epochs", "1", *small]) == 0
+                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
     assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
                        "--eval-only", "--resume", str(run_dir / "best.ckpt"), "--plot", "1"]) == 0
     out = run_dir / "eval_best"
@@ -1445,8 +1447,7 @@ def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
     run_dir = tmp_path / "bk"
     assert train.main(["--model", "trdetr", "--data", "tvsum", "--domain", "BK", "--no-progress",
                        "--feat-root", str(SHARED / "realdata" / "tvsum"), "--results-dir", str(run_dir),
-                       "--epochs", "2", "--eval-every", "1",
-                       "--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]) == 0
+                       "--epochs", "2", "--eval-every", "1", *SMALL_MODEL]) == 0
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["domain"] == "BK" and saved["best_metric"] == "mAP"
     assert 0.0 <= saved["brief"]["mAP"] <= 1.0
@@ -1494,8 +1495,7 @@ def test_trdetr_trains_on_charades_real_annotation_lines(tmp_path):
     assert torch.isfinite(total) and terms["loss_ctc"] > 0 and terms["loss_saliency"] > 0
     run_dir = tmp_path / "run"
     assert train.main(["--model", "trdetr", "--data", "charades", "--feat-root", str(root), "--no-progress",
-                       "--results-dir", str(run_dir), "--epochs", "1", "--set", "hidden_dim=32",
-                       "--set", "dim_feedforward=64", "--set", "nheads=4"]) == 0
+                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["split"] == "test" and saved["best_metric"] == "MR-full-R1@0.7"
     assert {"MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"} <= set(saved["brief"])

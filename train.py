@@ -241,12 +241,6 @@ def score(rows, dataset, data_name):
 
 # ----------------------------------------------------------------------------- one run
 
-def feature_dims(spec):
-    """Input dims of the model from the dataset spec alone (for --summary, no files read)."""
-    video_dim = sum(s.dim for s in spec.video_streams) + (2 if spec.use_tef else 0)
-    return video_dim, spec.text_stream.dim
-
-
 def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint=None):
     """Train (or, with --eval-only, evaluate) one model on one dataset (one TVSum domain).
     Returns the brief metrics of the best evaluation."""
@@ -399,7 +393,8 @@ def write_plots(rows, dataset, args, results_dir, clip_len):
         missing = [q for q in args.plot_qids if q not in gt_by_qid]
         if missing:
             raise SystemExit(f"--plot-qids: {missing} not in the {args.data} eval split")
-        chosen = [r for r in rows if r["qid"] in set(args.plot_qids)]
+        wanted = set(args.plot_qids)
+        chosen = [r for r in rows if r["qid"] in wanted]
     else:
         chosen = rows[:args.plot]
     os.makedirs(os.path.join(results_dir, "plots"), exist_ok=True)
@@ -513,7 +508,7 @@ def main(argv=None):
     cfg = build_config(module, args, checkpoint["config"] if checkpoint else None)
 
     if args.summary:
-        video_dim, text_dim = feature_dims(spec)
+        video_dim, text_dim = spec.video_dim, spec.text_dim     # from the spec alone: no file read
         model, _ = module.build(cfg, video_dim, text_dim)
         print(model)
         print(f"input dims: video {video_dim}, text {text_dim}")
