@@ -32,6 +32,7 @@ query_mask) -> outputs`, `loss(outputs, batch) -> (total, terms)` and `predict(o
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -193,8 +194,11 @@ def log_line(results_dir, text):
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def predict_split(model, module, dataset, cfg, device, data_name, show_progress=True):
+def predict_split(model, module, dataset, cfg, device, data_name, show_progress=True, epoch=None):
     """Run the model over a split and return its submission lines (official format).
+
+    `epoch` is handed to the model as in training (0-based; None = standalone inference), because
+    some models behave differently before a given epoch (TaskWeave's inter-task feedback).
 
     Windows: normalised [st, ed] x duration -> seconds, clamped to [0, 150] and rounded to the clip
     grid (official PostProcessorDETR), score rounded to 4 decimals, rows sorted by score.
@@ -208,9 +212,12 @@ def predict_split(model, module, dataset, cfg, device, data_name, show_progress=
     for batch in tqdm(loader, desc="  predict", leave=False, disable=not show_progress):
         batch = to_device(batch, device)
         outputs = model(batch["video_feats"], batch["video_mask"],
-                        batch["query_feats"], batch["query_mask"])
+                        batch["query_feats"], batch["query_mask"], epoch=epoch)
+        # windows: a (B, N, 3) tensor (DETR models: one row per decoder query) or a list of B
+        # (n_i, 3) tensors (FlashVTG: a different number of candidates per video).
         windows, saliency = module.predict(outputs, batch["video_mask"])
-        windows, saliency = windows.float().cpu(), saliency.float().cpu()
+        windows = [w.float().cpu() for w in windows]
+        saliency = saliency.float().cpu()
         for i, meta in enumerate(batch["meta"]):
             n_clips = meta["n_clips"]
             row = {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"]}
@@ -218,9 +225,9 @@ def predict_split(model, module, dataset, cfg, device, data_name, show_progress=
                 # TVSum is highlight detection only; the official TVSum evaluation ranks raw scores.
                 row["pred_saliency_scores"] = saliency[i, :n_clips].tolist()
             else:
-                spans = windows[i, :, :2] * meta["duration"]                     # (Nq, 2) seconds
+                spans = windows[i][:, :2] * meta["duration"]                     # (N, 2) seconds
                 spans = common.postprocess_windows(spans, MAX_WINDOW_END, meta["clip_len"])
-                scores = windows[i, :, 2]
+                scores = windows[i][:, 2]
                 order = torch.argsort(scores, descending=True, stable=True)
                 row["pred_relevant_windows"] = [
                     [round(float(spans[j, 0]), 4), round(float(spans[j, 1]), 4),
@@ -237,6 +244,44 @@ def score(rows, dataset, data_name):
     if data_name == "charades":
         return metrics.evaluate_charades(rows, dataset.annotations)
     return metrics.evaluate_qvh(rows, dataset.annotations)   # qvh and synthetic share the metric
+
+
+def apply_nms(rows, cfg):
+    """The submission lines after non-maximum suppression of their (post-processed) windows.
+
+    Off unless the Config asks for it (nms_thd > 0). nms_kind "remove" is the Moment-DETR lineage's
+    NMS (suppressed windows are dropped, at most 10 kept, as its inference defaults); "zero" is
+    FlashVTG's (every window stays, suppressed ones get score 0). The plain predictions still select
+    the checkpoint, as in the official loops; the NMS ones are written beside them.
+    """
+    kind = getattr(cfg, "nms_kind", "remove")
+    if kind not in ("remove", "zero"):
+        raise SystemExit(f"nms_kind {kind!r}: expected 'remove' or 'zero'")
+    out = []
+    for row in rows:
+        windows = row["pred_relevant_windows"]
+        if kind == "remove":
+            kept = common.temporal_nms(windows[:10], cfg.nms_thd, max_after_nms=10)
+        else:
+            kept = common.temporal_nms_zero(windows, cfg.nms_thd)
+        out.append({**row, "pred_relevant_windows": kept})
+    return out
+
+
+def uses_nms(cfg, data_name):
+    return getattr(cfg, "nms_thd", -1.0) > 0 and data_name != "tvsum"
+
+
+def update_ema(ema_model, model, decay):
+    """ema = decay * ema + (1 - decay) * model, over parameters and floating-point buffers
+    (integer buffers are copied). TaskWeave's official loop calls this once per epoch."""
+    with torch.no_grad():
+        ema_state = ema_model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                ema_state[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+            else:
+                ema_state[name].copy_(value)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -263,14 +308,21 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     criterion.to(device)
 
     if args.eval_only:
-        model.load_state_dict(checkpoint["model"])
+        # An EMA run's last.ckpt holds both; the EMA weights are the ones the loop evaluates.
+        model.load_state_dict(checkpoint.get("ema") or checkpoint["model"])
         return evaluate_only(args, module, model, cfg, spec, feat_root, datasets[eval_split],
                              results_dir, device, domain)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The official runs step the scheduler once per epoch; with lr_drop >= epochs it never decays.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_drop, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_drop,
+                                                gamma=getattr(cfg, "lr_gamma", 0.1))
+    # Model EMA (TaskWeave): a copy of the initial weights that follows the model once per epoch.
+    # It is what gets evaluated, selected and saved in best.ckpt, as in the official loop.
+    ema_decay = getattr(cfg, "ema_decay", 0.0)
+    ema_model = copy.deepcopy(model) if ema_decay > 0 else None
+    eval_model = ema_model if ema_model is not None else model
     loader_gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(datasets["train"], batch_size=cfg.batch_size,
                                                shuffle=True, collate_fn=data.collate,
@@ -281,6 +333,8 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"], loader_gen)
+        if ema_model is not None:
+            ema_model.load_state_dict(checkpoint["ema"])
         start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
         print(f"resumed from epoch {checkpoint['epoch']} (best so far: {best['score']:.2f} "
               f"at epoch {best['epoch']})")
@@ -298,9 +352,11 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
         for batch in bar:
             batch = to_device(batch, device)
+            # epoch - 1: the models see the official 0-based epoch index (TaskWeave's feedback
+            # start, VideoLights' growing hard-loss weight).
             outputs = model(batch["video_feats"], batch["video_mask"],
-                            batch["query_feats"], batch["query_mask"])
-            loss, terms = criterion(outputs, batch)
+                            batch["query_feats"], batch["query_mask"], epoch=epoch - 1)
+            loss, terms = criterion(outputs, batch, epoch=epoch - 1)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss at epoch {epoch}, step {steps + 1} ({terms}); the last good "
@@ -315,20 +371,28 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
             steps += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
         scheduler.step()
+        if ema_model is not None:
+            update_ema(ema_model, model, ema_decay)
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         line = (f"epoch {epoch} {time.time() - t0:.1f}s lr {optimizer.param_groups[0]['lr']:.2e} "
                 + " ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())))
         log_line(results_dir, line)
 
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            rows = predict_split(model, module, datasets[eval_split], cfg, device, args.data, show)
+            rows = predict_split(eval_model, module, datasets[eval_split], cfg, device, args.data,
+                                 show, epoch=epoch - 1)
             result = score(rows, datasets[eval_split], args.data)
             value = result["brief"][cfg.best_metric]
             log_line(results_dir, f"eval epoch {epoch} " + json.dumps(result["brief"]))
+            if uses_nms(cfg, args.data):
+                nms_rows = apply_nms(rows, cfg)
+                nms_result = score(nms_rows, datasets[eval_split], args.data)
+                log_line(results_dir, f"eval epoch {epoch} nms {cfg.nms_thd} "
+                         + json.dumps(nms_result["brief"]))
             is_best = value > best["score"]
             if is_best:
                 best = {"score": value, "epoch": epoch, "brief": result["brief"]}
-                save_atomic({"model": model.state_dict(), "epoch": epoch, "model_name": args.model,
+                save_atomic({"model": eval_model.state_dict(), "epoch": epoch, "model_name": args.model,
                              "data": args.data, "domain": domain,
                              "config": dataclasses.asdict(cfg)},
                             os.path.join(results_dir, "best.ckpt"))
@@ -336,6 +400,12 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                 metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
                     "model": args.model, "data": args.data, "domain": domain, "split": eval_split,
                     "epoch": epoch, "best_metric": cfg.best_metric, "brief": result["brief"]})
+                if uses_nms(cfg, args.data):
+                    metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds_nms.jsonl"),
+                                               nms_rows)
+                    metrics.write_json_atomic(os.path.join(results_dir, "metrics_nms.json"), {
+                        "model": args.model, "data": args.data, "split": eval_split,
+                        "epoch": epoch, "nms_thd": cfg.nms_thd, "brief": nms_result["brief"]})
             shown = ", ".join(f"{k} {v}" for k, v in result["brief"].items()
                               if k in HEADLINE_KEYS or len(result["brief"]) <= len(HEADLINE_KEYS))
             tqdm.write(f"epoch {epoch}: {shown}" + ("  (best)" if is_best else ""))
@@ -345,6 +415,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         # The resumable state is written last, after the epoch's evaluation and best.ckpt.
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": rng_state(loader_gen),
+                     "ema": ema_model.state_dict() if ema_model is not None else None,
                      "epoch": epoch, "best": best, "model_name": args.model, "data": args.data,
                      "domain": domain, "config": dataclasses.asdict(cfg)},
                     os.path.join(results_dir, "last.ckpt"))
@@ -363,10 +434,22 @@ def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_di
         "model": args.model, "data": args.data, "domain": domain, "split": spec.eval_split,
         "checkpoint": os.path.abspath(args.resume), "brief": result["brief"]})
     print(json.dumps(result["brief"], indent=4))
+    if uses_nms(cfg, args.data):
+        nms_rows = apply_nms(rows, cfg)
+        nms_result = score(nms_rows, dataset, args.data)
+        metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds_nms.jsonl"), nms_rows)
+        metrics.write_json_atomic(os.path.join(results_dir, "metrics_nms.json"), {
+            "model": args.model, "data": args.data, "split": spec.eval_split,
+            "checkpoint": os.path.abspath(args.resume), "nms_thd": cfg.nms_thd,
+            "brief": nms_result["brief"]})
+        print(f"with NMS {cfg.nms_thd}:\n" + json.dumps(nms_result["brief"], indent=4))
     if args.data == "qvh":
         # The QVHighlights test split: the submission file the (former) CodaLab server took.
         test = data.load_dataset(spec, feat_root, "test", anno_dir=args.anno_dir, progress=show)
         test_rows = predict_split(model, module, test, cfg, device, args.data, show)
+        if uses_nms(cfg, args.data):
+            # The server took one file: the NMS predictions when the model's recipe uses NMS.
+            test_rows = apply_nms(test_rows, cfg)
         metrics.write_jsonl_atomic(os.path.join(results_dir, "test_preds.jsonl"), test_rows)
         print(f"test predictions: {os.path.join(results_dir, 'test_preds.jsonl')}")
         # The test labels were released after the CodaLab server closed: score locally when we have them.

@@ -562,13 +562,15 @@ class TRDETR(nn.Module):
             x = layer(x, pos, pad)
         return x
 
-    def forward(self, video_feats, video_mask, query_feats, query_mask):
+    def forward(self, video_feats, video_mask, query_feats, query_mask, epoch=None):
         """
         Args:
             video_feats: (B, Lv, video_dim) clip features, right-padded with zeros.
             video_mask: (B, Lv) True on real clips.
             query_feats: (B, Lq, text_dim) word features, right-padded.
             query_mask: (B, Lq) True on real tokens.
+            epoch: the training epoch the loop passes to every model; TR-DETR does the same thing
+                at every epoch and ignores it.
         Returns a dict:
             pred_logits (B, Nq, 2), pred_spans (B, Nq, 2) normalised (center, width): the last
                 decoder layer; aux_outputs: a list with the same two keys for each earlier layer;
@@ -718,7 +720,8 @@ class TRDETRLoss(nn.Module):
         self.matcher = HungarianMatcher(cost_class=cfg.set_cost_class, cost_span=cfg.set_cost_span,
                                         cost_giou=cfg.set_cost_giou, foreground_index=0)
 
-    def forward(self, outputs, batch):
+    def forward(self, outputs, batch, epoch=None):
+        """The weighted sum of every term of Eq. (17); `epoch` is unused (same loss at every epoch)."""
         cfg = self.cfg
         terms = {}
         if cfg.use_matcher:
