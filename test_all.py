@@ -1530,3 +1530,64 @@ def test_prediction_svg_draws_what_it_says():
                               clip_len=2)
     tv_root = ET.fromstring(tv)
     assert len([r for r in tv_root.iter(ns + "rect") if r.get("class") == "gt-saliency"]) == 3
+
+
+# ==================================================================================================
+# train.py: EMA, NMS and --init (the hooks the other models use)
+# ==================================================================================================
+
+def test_update_ema_follows_the_model_once_per_call():
+    # ema = 0.9 * ema + 0.1 * model on parameters and float buffers; integer buffers are copied.
+    ema, model = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(2.0)
+        model.num_batches_tracked.fill_(7)
+    train.update_ema(ema, model, 0.9)
+    assert torch.allclose(ema.weight, torch.full((3,), 1.2))
+    assert torch.allclose(ema.running_mean, torch.full((3,), 0.2))
+    assert int(ema.num_batches_tracked) == 7
+    assert torch.equal(model.weight, torch.full((3,), 3.0))        # the model itself is untouched
+
+
+class _NmsConfig:
+    nms_thd, nms_kind = 0.5, "remove"
+
+
+def test_apply_nms_keeps_the_best_of_overlapping_windows():
+    # [0, 10] and [2, 10] overlap by IoU 0.8 > 0.5: the lower-scored one goes; [20, 30] stays.
+    rows = [{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9], [2, 10, 0.8], [20, 30, 0.5]],
+             "pred_saliency_scores": [0.1]}]
+    out = train.apply_nms(rows, _NmsConfig())
+    assert out[0]["pred_relevant_windows"] == [[0, 10, 0.9], [20, 30, 0.5]]
+    assert out[0]["pred_saliency_scores"] == [0.1] and out[0]["qid"] == 1
+    assert len(rows[0]["pred_relevant_windows"]) == 3               # the input rows are not modified
+    assert not train.uses_nms(_NmsConfig(), "tvsum") and train.uses_nms(_NmsConfig(), "qvh")
+
+
+def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    train.main(_train_args(root, run_dir, "--epochs", "1"))
+    cfg = dataclasses.replace(trdetr.default_config("synthetic"), hidden_dim=32,
+                              dim_feedforward=64, nheads=4)
+    spec = data.dataset_spec("synthetic")
+    model, _ = trdetr.build(cfg, spec.video_dim, spec.text_dim)
+    train.load_initial_weights(model, str(run_dir / "best.ckpt"), "trdetr")
+    saved = torch.load(run_dir / "best.ckpt", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    bigger, _ = trdetr.build(dataclasses.replace(cfg, hidden_dim=64), spec.video_dim, spec.text_dim)
+    with pytest.raises(SystemExit, match="does not fit this model"):
+        train.load_initial_weights(bigger, str(run_dir / "best.ckpt"), "trdetr")
+    with pytest.raises(SystemExit, match="not flashvtg"):
+        train.load_initial_weights(model, str(run_dir / "best.ckpt"), "flashvtg")
+    # From the command line: a new run that starts from those weights records where they came from.
+    train.main(_train_args(root, tmp_path / "finetune", "--epochs", "1",
+                           "--init", str(run_dir / "best.ckpt")))
+    config = json.loads((tmp_path / "finetune" / "config.json").read_text())
+    assert config["init"] == str(run_dir / "best.ckpt")
+    with pytest.raises(SystemExit, match="does not go with --resume"):
+        train.main(_train_args(root, tmp_path / "x", "--init", str(run_dir / "best.ckpt"),
+                               "--resume", str(run_dir / "last.ckpt")))

@@ -108,6 +108,16 @@ def parse_args(argv=None):
                    help="with --eval-only: draw the first N eval queries as SVG (results dir plots/)")
     p.add_argument("--plot-qids", type=int, nargs="+", default=None, metavar="QID",
                    help="with --eval-only: draw these queries (by qid) as SVG")
+    p.add_argument("--pretrain", default=None, metavar="JSONL",
+                   help="pretrain on this corpus (official pretraining jsonl: query + one window "
+                        "per line, e.g. VideoLights' pre_train_blip.jsonl) instead of the train "
+                        "split, with the model's pretraining recipe; evaluation stays on the "
+                        "dataset's eval split. Then fine-tune with --init")
+    p.add_argument("--pretrain-feat-root", default=None, metavar="DIR",
+                   help="feature root of the pretraining corpus (default: --feat-root)")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from these weights only (fine-tuning after --pretrain): optimiser, "
+                        "epoch and config start fresh")
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
@@ -118,7 +128,12 @@ def parse_args(argv=None):
 def build_config(module, args, saved=None):
     """The run's Config: the saved one when resuming, else the model's official defaults for the
     dataset; then the command-line overrides, each checked against the dataclass fields."""
-    cfg = module.Config(**saved) if saved is not None else module.default_config(args.data)
+    if saved is not None:
+        cfg = module.Config(**saved)
+    else:
+        cfg = module.default_config(args.data)
+        if args.pretrain and hasattr(module, "pretrain_config"):
+            cfg = module.pretrain_config(cfg)     # e.g. VideoLights: batch 256, 50 epochs
     direct = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "seed": args.seed, "eval_every": args.eval_every}
     changes = {k: v for k, v in direct.items() if v is not None}
@@ -272,6 +287,22 @@ def uses_nms(cfg, data_name):
     return getattr(cfg, "nms_thd", -1.0) > 0 and data_name != "tvsum"
 
 
+def load_initial_weights(model, path, model_name):
+    """--init: copy the weights of a checkpoint (e.g. a pretraining run's best.ckpt) into a fresh
+    model; everything else (optimiser, epoch, RNG) starts anew, as the official fine-tuning does."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--init: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("model_name") != model_name:
+        raise SystemExit(f"--init: {path} holds a {ckpt.get('model_name')} model, not {model_name}")
+    try:
+        model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    except RuntimeError as err:
+        raise SystemExit(f"--init: {path} does not fit this model (were the feature streams or "
+                         f"the model size different?):\n{err}") from None
+    print(f"initialised from {path} (epoch {ckpt.get('epoch')})")
+
+
 def update_ema(ema_model, model, decay):
     """ema = decay * ema + (1 - decay) * model, over parameters and floating-point buffers
     (integer buffers are copied). TaskWeave's official loop calls this once per epoch."""
@@ -301,9 +332,15 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     eval_split = spec.eval_split
     splits = [eval_split] if args.eval_only else ["train", eval_split]
     datasets = {s: data.load_dataset(spec, feat_root, s, domain=domain, anno_dir=args.anno_dir,
-                                     progress=show) for s in splits}
+                                     progress=show) for s in splits if s != "train" or not args.pretrain}
+    if args.pretrain and not args.eval_only:
+        # Pretraining: the corpus replaces the train split; the eval split is the dataset's own.
+        datasets["train"] = data.load_pretrain_dataset(
+            spec, args.pretrain, args.pretrain_feat_root or feat_root, progress=show)
     some = datasets[eval_split]
     model, criterion = module.build(cfg, some.video_dim, some.text_dim)
+    if args.init and checkpoint is None:
+        load_initial_weights(model, args.init, args.model)
     model.to(device)
     criterion.to(device)
 
@@ -341,6 +378,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     else:
         metrics.write_json_atomic(os.path.join(results_dir, "config.json"), {
             "model": args.model, "data": args.data, "domain": domain, "feat_root": str(feat_root),
+            "pretrain": args.pretrain, "init": args.init,
             "config": dataclasses.asdict(cfg), "trainable_parameters": count_parameters(model)})
     where = f"{args.data}" + (f"/{domain}" if domain else "")
     print(f"{args.model} on {where}: {len(datasets['train'])} train / {len(some)} {eval_split} "
@@ -417,6 +455,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                      "scheduler": scheduler.state_dict(), "rng": rng_state(loader_gen),
                      "ema": ema_model.state_dict() if ema_model is not None else None,
                      "epoch": epoch, "best": best, "model_name": args.model, "data": args.data,
+                     "pretrain": args.pretrain,
                      "domain": domain, "config": dataclasses.asdict(cfg)},
                     os.path.join(results_dir, "last.ckpt"))
 
@@ -584,10 +623,17 @@ def main(argv=None):
         if checkpoint.get("model_name") != args.model or checkpoint.get("data") != args.data:
             raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
+        # A resumed pretraining run goes on with its corpus.
+        args.pretrain = args.pretrain or checkpoint.get("pretrain")
     elif args.eval_only:
         raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
     if (args.plot or args.plot_qids or args.test_gt) and not args.eval_only:
         raise SystemExit("--plot, --plot-qids and --test-gt go with --eval-only --resume CKPT")
+    if args.init and (args.resume or args.eval_only):
+        raise SystemExit("--init starts a new run from a checkpoint's weights; it does not go "
+                         "with --resume or --eval-only")
+    if args.pretrain and args.data == "tvsum":
+        raise SystemExit("--pretrain: the pretraining corpora are QVHighlights / Charades-STA style")
     cfg = build_config(module, args, checkpoint["config"] if checkpoint else None)
 
     if args.summary:
@@ -613,7 +659,8 @@ def main(argv=None):
     elif args.resume:
         results_dir = os.path.dirname(os.path.abspath(args.resume))
     else:
-        results_dir = os.path.join("results", f"{args.model}_{args.data}")
+        results_dir = os.path.join("results", f"{args.model}_{args.data}"
+                                   + ("_pretrain" if args.pretrain else ""))
     if args.data == "tvsum":
         domains = [args.domain] if args.domain else (
             [checkpoint["domain"]] if checkpoint and checkpoint.get("domain") else data.TVSUM_DOMAINS)
