@@ -1591,3 +1591,28 @@ def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
     with pytest.raises(SystemExit, match="does not go with --resume"):
         train.main(_train_args(root, tmp_path / "x", "--init", str(run_dir / "best.ckpt"),
                                "--resume", str(run_dir / "last.ckpt")))
+
+
+def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    out = tmp_path / "cmp"
+    args = ["--compare", "--models", "trdetr", "--data", "synthetic", "--feat-root", str(root),
+            "--results-dir", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress",
+            *SMALL_MODEL]
+    assert train.main(args) == 0
+    timing = json.loads((out / "trdetr" / "timing.json").read_text())
+    assert timing["epochs_timed"] == 1 and timing["train_seconds_per_epoch"] > 0
+    assert timing["inference_ms_per_query"] > 0 and timing["peak_memory_mib"] > 0
+    config = json.loads((out / "trdetr" / "config.json").read_text())
+    assert config["config"]["seed"] == train.COMPARE_SEED and config["config"]["hidden_dim"] == 32
+    brief = json.loads((out / "trdetr" / "metrics.json").read_text())["brief"]
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[2].startswith("| model | params | epochs | best epoch | train s/epoch")
+    cells = [c.strip() for c in table[4].strip("|").split("|")]
+    assert cells[0] == "trdetr" and cells[1] == f"{timing['trainable_parameters']:,}"
+    assert cells[2] == "1" and cells[3] == "1"
+    assert cells[7] == f"{brief['MR-full-R1@0.5']:.2f}"
+    # A second call reuses the finished run instead of training again.
+    stamp = (out / "trdetr" / "timing.json").stat().st_mtime_ns
+    assert train.main(args) == 0
+    assert (out / "trdetr" / "timing.json").stat().st_mtime_ns == stamp

@@ -37,6 +37,8 @@ import dataclasses
 import json
 import os
 import random
+import resource
+import subprocess
 import sys
 import time
 
@@ -118,6 +120,13 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from these weights only (fine-tuning after --pretrain): optimiser, "
                         "epoch and config start fresh")
+    p.add_argument("--compare", action="store_true",
+                   help="train and evaluate every model (or --models) on --data with one seed, "
+                        "each in its own process, and write a markdown table (comparison.md) of "
+                        "parameters, seconds per epoch, ms per query, peak memory and metrics; "
+                        "finished runs are reused, interrupted ones resumed")
+    p.add_argument("--models", default=None, metavar="A,B",
+                   help="with --compare: which models (default: all)")
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
@@ -384,6 +393,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     print(f"{args.model} on {where}: {len(datasets['train'])} train / {len(some)} {eval_split} "
           f"queries, {count_parameters(model):,} trainable parameters, device {device}")
 
+    timing = {"train_seconds": [], "predict_seconds": None, "predicted_queries": len(some)}
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         sums, steps, t0 = {}, 0, time.time()
@@ -411,14 +421,19 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         scheduler.step()
         if ema_model is not None:
             update_ema(ema_model, model, ema_decay)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timing["train_seconds"].append(time.time() - t0)
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         line = (f"epoch {epoch} {time.time() - t0:.1f}s lr {optimizer.param_groups[0]['lr']:.2e} "
                 + " ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())))
         log_line(results_dir, line)
 
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            t1 = time.time()
             rows = predict_split(eval_model, module, datasets[eval_split], cfg, device, args.data,
                                  show, epoch=epoch - 1)
+            timing["predict_seconds"] = time.time() - t1
             result = score(rows, datasets[eval_split], args.data)
             value = result["brief"][cfg.best_metric]
             log_line(results_dir, f"eval epoch {epoch} " + json.dumps(result["brief"]))
@@ -459,8 +474,30 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                      "domain": domain, "config": dataclasses.asdict(cfg)},
                     os.path.join(results_dir, "last.ckpt"))
 
+    write_timing(results_dir, timing, device, args.model, count_parameters(model))
     print(f"best {cfg.best_metric} {best['score']} at epoch {best['epoch']}; files in {results_dir}")
     return best["brief"]
+
+
+def peak_memory_mib(device):
+    """CUDA: the most memory torch allocated on the GPU; CPU: the process's peak resident set
+    (features in memory included, so it is an upper bound on what the model needs)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # Linux reports KiB
+
+
+def write_timing(results_dir, timing, device, model_name, n_params):
+    """timing.json: what the comparison table reads (this process's epochs only)."""
+    epochs = timing["train_seconds"]
+    per_query = (1000 * timing["predict_seconds"] / timing["predicted_queries"]
+                 if timing["predict_seconds"] is not None else None)
+    metrics.write_json_atomic(os.path.join(results_dir, "timing.json"), {
+        "model": model_name, "trainable_parameters": n_params, "device": str(device),
+        "threads": torch.get_num_threads(), "epochs_timed": len(epochs),
+        "train_seconds_per_epoch": sum(epochs) / len(epochs) if epochs else None,
+        "inference_ms_per_query": per_query,
+        "peak_memory_mib": peak_memory_mib(device)})
 
 
 def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_dir, device, domain):
@@ -612,6 +649,8 @@ def prediction_svg(row, gt, clip_len, top_k=3, width=900):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.compare:
+        return compare(args)
     module = MODELS[args.model]
     spec = data.dataset_spec(args.data)
 
@@ -673,6 +712,81 @@ def main(argv=None):
         return 0
     run(args, module, cfg, spec, feat_root, results_dir, None, checkpoint)
     return 0
+
+
+# ----------------------------------------------------------------------------- --compare
+
+COMPARE_SEED = 2018      # Moment-DETR's default seed, when --seed is not given
+COMPARE_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP@0.5", "MR-full-mAP@0.75",
+                "MR-full-mAP", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1",
+                "MR-full-R1@0.3", "MR-full-mIoU", "mAP")
+
+
+def compare(args):
+    """--compare: one child process per model (so each gets its own peak-memory figure), the same
+    data and seed, each model's own recipe otherwise; then one table."""
+    names = args.models.split(",") if args.models else sorted(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from {', '.join(sorted(MODELS))}")
+    if args.data == "tvsum" and not args.domain:
+        raise SystemExit("--compare on TVSum needs one --domain (each domain is its own run)")
+    root = args.results_dir or os.path.join("results", f"compare_{args.data}")
+    seed = args.seed if args.seed is not None else COMPARE_SEED
+    passed = [("--feat-root", args.feat_root), ("--anno-dir", args.anno_dir),
+              ("--domain", args.domain), ("--epochs", args.epochs), ("--device", args.device),
+              ("--eval-every", args.eval_every), ("--batch-size", args.batch_size)]
+    rows = []
+    for name in names:
+        run_dir = os.path.join(root, name)
+        cmd = [sys.executable, os.path.abspath(__file__), "--model", name, "--data", args.data,
+               "--seed", str(seed), "--results-dir", run_dir]
+        cmd += [str(x) for flag, value in passed if value is not None for x in (flag, value)]
+        cmd += [x for item in args.overrides for x in ("--set", item)]
+        cmd += ["--no-progress"] if args.no_progress else []
+        done = os.path.isfile(os.path.join(run_dir, "timing.json"))
+        if not done and os.path.isfile(os.path.join(run_dir, "last.ckpt")):
+            cmd += ["--resume", os.path.join(run_dir, "last.ckpt")]
+        if done:
+            print(f"{name}: finished run found in {run_dir}, reused")
+        else:
+            print(f"{name}: " + " ".join(cmd[1:]))
+            if subprocess.run(cmd).returncode != 0:
+                raise SystemExit(f"--compare: the {name} run failed; fix it and run the same "
+                                 f"command again (finished runs are reused)")
+        with open(os.path.join(run_dir, "timing.json")) as f:
+            timing = json.load(f)
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            best = json.load(f)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)["config"]
+        rows.append((name, timing, best, config))
+    text = comparison_table(rows, args.data, seed)
+    metrics.write_text_atomic(os.path.join(root, "comparison.md"), text)
+    print(text)
+    return 0
+
+
+def comparison_table(rows, data_name, seed):
+    """Markdown: one row per model. Metrics are the best evaluation's (each model's own official
+    selection criterion); timings are from the run's own process."""
+    keys = [k for k in COMPARE_KEYS if all(k in best["brief"] for _, _, best, _ in rows)]
+    head = (["model", "params", "epochs", "best epoch", "train s/epoch", "infer ms/query",
+             "peak MiB"] + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ")
+                            for k in keys])
+    lines = [f"Data: {data_name}, seed {seed}, device {rows[0][1]['device']} "
+             f"({rows[0][1]['threads']} threads). Peak memory: " +
+             ("torch's peak GPU allocation." if rows[0][1]["device"].startswith("cuda") else
+              "the process's peak resident set, features in memory included."), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, timing, best, config in rows:
+        per_epoch, per_query = timing["train_seconds_per_epoch"], timing["inference_ms_per_query"]
+        cells = [name, f"{timing['trainable_parameters']:,}", str(config["epochs"]),
+                 str(best["epoch"]), "-" if per_epoch is None else f"{per_epoch:.1f}",
+                 "-" if per_query is None else f"{per_query:.2f}",
+                 f"{timing['peak_memory_mib']:.0f}"] + [f"{best['brief'][k]:.2f}" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def print_tvsum_table(table, results_dir):
