@@ -26,6 +26,7 @@ import data
 import metrics
 import train
 import trdetr
+import taskweave
 
 SHARED = Path(__file__).resolve().parent.parent / "shared"
 
@@ -1616,3 +1617,333 @@ def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_p
     stamp = (out / "trdetr" / "timing.json").stat().st_mtime_ns
     assert train.main(args) == 0
     assert (out / "trdetr" / "timing.json").stat().st_mtime_ns == stamp
+
+
+# ==================================================================================================
+# taskweave.py: TaskWeave (task-decoupled unit, both feedback manners, uncertainty-weighted joint loss)
+# ==================================================================================================
+
+@pytest.fixture
+def taskweave_one_thread():
+    """Thousands of tiny ops: on a busy 2-core machine one intra-op thread is much faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# A small TaskWeave for the behaviour tests (the full model is only built for the parameter count).
+TW_SMALL = dict(hidden_dim=32, nheads=4, dim_feedforward=64)
+
+
+def _tw_config(dataset="qvh", **changes):
+    return dataclasses.replace(taskweave.default_config(dataset), **{**TW_SMALL, **changes})
+
+
+def _tw_batch(video_dim, text_dim, video_lens, query_lens, seed=0):
+    """A hand-built batch with the CONTRACT.md keys: one moment per video, graded saliency inside."""
+    gen = torch.Generator().manual_seed(seed)
+    B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
+    video_mask = torch.arange(Lv)[None] < torch.tensor(video_lens)[:, None]
+    query_mask = torch.arange(Lq)[None] < torch.tensor(query_lens)[:, None]
+    video = torch.randn(B, Lv, video_dim, generator=gen) * video_mask[..., None]
+    query = torch.randn(B, Lq, text_dim, generator=gen) * query_mask[..., None]
+    spans, sal, pos, neg = [], torch.zeros(B, Lv), [], []
+    for b, n in enumerate(video_lens):
+        st = int(torch.randint(0, n // 2, (1,), generator=gen))
+        ed = st + max(2, n // 3)                                         # clips st .. ed-1
+        spans.append(common.span_xx_to_cxw(torch.tensor([[st / n, ed / n]])))
+        sal[b, st:ed] = torch.randint(1, 13, (ed - st,), generator=gen).float()
+        pos.append([st + int(sal[b, st:ed].argmax()), st])
+        neg.append([st + int(sal[b, st:ed].argmin()), ed if ed < n else 0])
+    return {"video_feats": video, "video_mask": video_mask, "query_feats": query,
+            "query_mask": query_mask, "span_targets": spans, "saliency_pos": torch.tensor(pos),
+            "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": (sal > 0).float()}
+
+
+def _tw_forward(model, batch, epoch=None):
+    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
+                 epoch=epoch)
+
+
+def test_taskweave_parameter_count_matches_official():
+    model = taskweave.TaskWeave(taskweave.default_config("qvh"), 2818, 512)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"TaskWeave trainable parameters (QVH, 2818/512): {n:,}")
+    assert n == 7_784_488                                  # official builder, best_model_mr/opt.json
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model.t2v_encoder) == count(model.shared_expert) == 1_579_522
+    assert count(model.decoder) == 3_160_837
+    assert count(model.mr_expert) == 1_280 + 512 + 65_792  # depthwise, channel LayerNorm, 1x1
+    assert count(model.txt_position_embed) == 8_704         # the unused table
+    # TVSum (I3D rgb + flow + tef, CLIP title): 6,925,348 + 258 * (2050 + 512)
+    tvsum = taskweave.TaskWeave(taskweave.default_config("tvsum"), 2050, 512)
+    assert sum(p.numel() for p in tvsum.parameters()) == 7_586_344
+
+
+def test_taskweave_summary_prints_the_official_parameter_count(capsys, monkeypatch):
+    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
+    assert train.main(["--model", "taskweave", "--data", "qvh", "--summary"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable parameters: 7784488"
+
+
+def test_taskweave_default_configs():
+    qvh = taskweave.default_config("qvh")
+    assert (qvh.lr, qvh.weight_decay, qvh.batch_size, qvh.epochs, qvh.grad_clip, qvh.lr_drop,
+            qvh.seed, qvh.eval_every, qvh.ema_decay) == (1e-4, 1e-4, 32, 200, 0.1, 400, 1004, 5, 0.9)
+    assert (qvh.feedback, qvh.feedback_start, qvh.loss_fusion, qvh.best_metric) == (
+        "mr2hd", 100, "uncertainty", "MR-full-mAP")
+    assert (qvh.set_cost_class, qvh.set_cost_span, qvh.set_cost_giou, qvh.eos_coef) == (4, 10, 1, 0.1)
+    tv = taskweave.default_config("tvsum")
+    assert (tv.lr, tv.batch_size, tv.epochs, tv.lr_drop, tv.use_matcher, tv.best_metric,
+            tv.feedback) == (1e-3, 4, 2000, 2000, False, "mAP", "hd2mr")
+    ch = taskweave.default_config("charades")
+    assert (ch.epochs, ch.batch_size, ch.best_metric) == (100, 32, "MR-full-R1@0.7")
+    syn = taskweave.default_config("synthetic")
+    assert syn.epochs < qvh.epochs and syn.feedback_start == syn.epochs // 2
+    with pytest.raises(ValueError, match="unknown dataset"):
+        taskweave.default_config("coco")
+    with pytest.raises(ValueError, match="feedback"):
+        taskweave.TaskWeave(_tw_config(feedback="both"), 34, 16)
+
+
+@pytest.mark.parametrize("manner", ["mr2hd", "hd2mr"])
+def test_taskweave_forward_shapes_and_feedback_switch(taskweave_one_thread, manner):
+    """Both manners, before the feedback start, after it, and in standalone inference (epoch None).
+    mr2hd only re-weights the HD head's input: the moments stay, the saliency changes. hd2mr reruns
+    the MR side on the boosted video: the moments change, the returned saliency (pass 1) stays."""
+    torch.manual_seed(0)
+    cfg = _tw_config(feedback=manner, feedback_start=3)
+    model, criterion = taskweave.build(cfg, 34, 16)
+    model.eval()
+    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    with torch.no_grad():
+        before = _tw_forward(model, batch, epoch=2)                 # epoch 3 (1-based): no feedback
+        after = _tw_forward(model, batch, epoch=3)                  # epoch 4: epoch + 1 > 3
+        standalone = _tw_forward(model, batch, epoch=None)
+    assert (before["feedback"], after["feedback"], standalone["feedback"]) == (False, True, True)
+    for out in (before, after):
+        assert out["pred_logits"].shape == (3, 10, 2) and out["pred_spans"].shape == (3, 10, 2)
+        assert out["saliency"].shape == (3, 20) and out["saliency_neg"].shape == (3, 20)
+        assert len(out["aux_outputs"]) == cfg.dec_layers - 1
+        assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
+        assert out["gamma_mr"].shape == out["gamma_hd"].shape == (1,)
+    for key in ("pred_logits", "pred_spans", "saliency", "saliency_neg"):
+        assert torch.equal(after[key], standalone[key]), key
+    assert torch.equal(after["saliency_neg"], before["saliency_neg"])   # never any feedback
+    moments_same = torch.equal(after["pred_spans"], before["pred_spans"])
+    saliency_same = torch.equal(after["saliency"], before["saliency"])
+    assert (moments_same, saliency_same) == ((True, False) if manner == "mr2hd" else (False, True))
+
+    windows, saliency = taskweave.predict(after, batch["video_mask"])
+    assert windows.shape == (3, 10, 3) and saliency.shape == (3, 20)
+    assert (windows[..., 2][:, :-1] >= windows[..., 2][:, 1:]).all()       # descending score
+    total, terms = criterion(after, batch)
+    assert set(terms) == {"loss_span", "loss_giou", "loss_label", "loss_span_0", "loss_giou_0",
+                          "loss_label_0", "loss_saliency", "loss_mr", "weight_mr", "weight_hd",
+                          "gamma_mr", "gamma_hd", "loss_overall"}
+    assert math.isclose(terms["loss_overall"], terms["weight_mr"] * terms["loss_mr"]
+                        + terms["weight_hd"] * terms["loss_saliency"] + terms["gamma_mr"]
+                        + terms["gamma_hd"], rel_tol=1e-5)
+    with pytest.raises(ValueError, match="video_feats"):
+        model(batch["video_feats"][..., :5], batch["video_mask"], batch["query_feats"],
+              batch["query_mask"])
+
+
+def test_taskweave_backward_finite_grads_incl_uncertainties(taskweave_one_thread):
+    torch.manual_seed(0)
+    model, criterion = taskweave.build(_tw_config(), 34, 16)
+    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    total, _ = criterion(_tw_forward(model, batch, epoch=150), batch)     # mr2hd feedback on
+    total.backward()
+    # Official bug A: the MR expert's masked conv is 0 at every real clip, so the depthwise weights
+    # and the LayerNorm weight get exactly zero gradient.
+    dead = {"mr_expert.depthwise.weight", "mr_expert.norm_weight"}
+    # DAB-DETR's first decoder layer starts from tgt = 0: its self-attention content projections
+    # see only zeros, so their weights (not their biases) get no gradient either, as officially.
+    dead |= {f"decoder.layers.0.{n}.weight" for n in ("sa_qcontent_proj", "sa_kcontent_proj", "sa_v_proj")}
+    zero = set()
+    for name, p in model.named_parameters():
+        if name.startswith("txt_position_embed."):       # kept for parity, never used
+            assert p.grad is None, name
+            continue
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        if p.grad.abs().sum() == 0:
+            zero.add(name)
+    assert zero == dead
+    assert model.gamma_mr.grad.abs().item() > 0 and model.gamma_hd.grad.abs().item() > 0
+    # With the intended mask (mask_bug False) the MR expert's CNN trains.
+    fixed, criterion = taskweave.build(_tw_config(mr_expert_mask_bug=False), 34, 16)
+    criterion(_tw_forward(fixed, batch, epoch=150), batch)[0].backward()
+    assert fixed.mr_expert.depthwise.weight.grad.abs().sum() > 0
+    assert fixed.mr_expert.norm_weight.grad.abs().sum() > 0
+
+
+def test_taskweave_mr_expert_bug_makes_a_constant(taskweave_one_thread):
+    """As run (bug A), the MR-specific expert returns one learned vector at every real clip of every
+    video; with the intended valid-clip mask it is a real temporal CNN."""
+    torch.manual_seed(0)
+    buggy = taskweave.MRSpecificExpert(8, mask_bug=True)
+    fixed = taskweave.MRSpecificExpert(8, mask_bug=False)
+    fixed.load_state_dict(buggy.state_dict())
+    x = torch.randn(2, 6, 8)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        out = buggy(x, mask)                                                   # (2, 6, 8)
+        constant = buggy.pointwise(buggy.norm_bias).squeeze(-1)[0]             # W beta + b, (8,)
+        assert torch.allclose(out[mask], constant.expand(10, -1), atol=1e-6)
+        assert not torch.allclose(fixed(x, mask)[mask], constant.expand(10, -1), atol=1e-3)
+
+
+def test_taskweave_joint_loss_by_hand():
+    """One query that sits exactly on its target (L1 = GIoU loss = 0, CE = ln 2 at logits [0, 0]),
+    two clips with saliency [1, 0] and label [4, 0], a negative pass of zeros."""
+    cfg = taskweave.default_config("qvh")
+    gamma_mr = torch.nn.Parameter(torch.tensor([0.5]))
+    gamma_hd = torch.nn.Parameter(torch.tensor([-0.25]))
+    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_spans": torch.tensor([[[0.5, 0.5]]]),
+               "aux_outputs": [], "saliency": torch.tensor([[1.0, 0.0]]),
+               "saliency_neg": torch.zeros(1, 2), "video_mask": torch.ones(1, 2, dtype=torch.bool),
+               "gamma_mr": gamma_mr, "gamma_hd": gamma_hd}
+    batch = {"span_targets": [torch.tensor([[0.5, 0.5]])], "saliency_pos": torch.tensor([[0]]),
+             "saliency_neg": torch.tensor([[1]]), "saliency_all": torch.tensor([[4.0, 0.0]])}
+    loss_mr = math.log(2)                                  # CE of the matched (foreground) query
+    hinge = max(0.0, 0.2 + 0.0 - 1.0)                      # = 0
+    # rank-contrastive: levels 1..4 have clip 0 as the only positive among [1, 0 | 0, 0] / 0.5
+    rank = 4 * (math.log(math.exp(2) + 3 + 1e-6) - 2) / 12
+    neg_pair = 2 * math.log(2)                             # -log(1 - sigmoid(0)) on both clips
+    loss_hd = hinge + rank + neg_pair
+    expected = math.exp(-0.5) * loss_mr + 2 * math.exp(0.25) * loss_hd + 0.5 - 0.25
+    total, terms = taskweave.TaskWeaveLoss(cfg)(outputs, batch)
+    assert total.dim() == 0
+    assert math.isclose(total.item(), expected, rel_tol=1e-6)
+    assert math.isclose(terms["loss_label"], loss_mr, rel_tol=1e-6)
+    assert terms["loss_span"] == 0 and abs(terms["loss_giou"]) < 1e-7
+    assert math.isclose(terms["loss_saliency"], loss_hd, rel_tol=1e-6)
+    total.backward()
+    # dL/dgamma = 1 - (weighted loss): the optimum is exp(gamma_mr) = L_mr, exp(gamma_hd) = 2 L_hd.
+    assert math.isclose(gamma_mr.grad.item(), 1 - math.exp(-0.5) * loss_mr, rel_tol=1e-5)
+    assert math.isclose(gamma_hd.grad.item(), 1 - 2 * math.exp(0.25) * loss_hd, rel_tol=1e-5)
+
+    # TVSum (no matcher): no MR half, not even its gamma term (official bug D).
+    gamma_mr.grad = gamma_hd.grad = None
+    tv_total, tv_terms = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, use_matcher=False))(outputs, batch)
+    assert math.isclose(tv_total.item(), 2 * math.exp(0.25) * loss_hd - 0.25, rel_tol=1e-6)
+    assert "loss_mr" not in tv_terms and "loss_span" not in tv_terms
+    tv_total.backward()
+    assert gamma_mr.grad is None and gamma_hd.grad is not None
+
+    # QD-DETR's weighted sum (Table 6's "weighted sum" row): 4 CE + 1 L_hd here.
+    w_total, _ = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, loss_fusion="weighted"))(outputs, batch)
+    assert math.isclose(w_total.item(), 4 * loss_mr + loss_hd, rel_tol=1e-6)
+
+
+def test_taskweave_moment_to_mask_by_hand_and_official_axis():
+    model = taskweave.TaskWeave(_tw_config(), 34, 16)
+    # 3 clips = 6 half-clip bins. Query 1 (0, 0.5) -> bins 0..3; query 2 (0.5, 1.0) -> bins 3..5
+    # (6 is clamped to 5). Per bin [1, 1, 1, 2, 1, 1] -> per clip [1, 1.5, 1] -> / its L2 norm.
+    spans = common.span_xx_to_cxw(torch.tensor([[[0.0, 0.5], [0.5, 1.0]]]))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    expected = torch.tensor([[1.0, 1.5, 1.0]]) / math.sqrt(4.25)
+    assert torch.allclose(model.moment_to_mask(spans, mask), expected)
+    # mr2hd_axis="valid": the spans are laid over each video's own 2 valid clips (4 bins):
+    # query 1 -> bins 0..2, query 2 -> bins 2..3: per bin [1, 1, 2, 1] -> per clip [1, 1.5, 0].
+    valid = taskweave.TaskWeave(_tw_config(mr2hd_axis="valid"), 34, 16)
+    short = torch.tensor([[True, True, False]])
+    assert torch.allclose(valid.moment_to_mask(spans, short),
+                          torch.tensor([[1.0, 1.5, 0.0]]) / math.sqrt(3.25))
+
+    # At 75 padded clips the "padded" axis is the official one: spans x 150 s, integer seconds,
+    # every second from start to end for all queries, pairs of seconds averaged into 2-s clips.
+    gen = torch.Generator().manual_seed(0)
+    spans = torch.rand(3, 10, 2, generator=gen) * torch.tensor([1.0, 0.6])
+    xx = torch.clamp(common.span_cxw_to_xx(spans) * 150, min=0, max=149).int()
+    seconds = torch.arange(150)
+    covered = ((xx[..., :1] <= seconds) & (xx[..., 1:] >= seconds)).float().sum(1)   # (3, 150)
+    clips = covered.view(3, 75, 2).mean(-1)
+    reference = clips / clips.norm(dim=1, keepdim=True)
+    assert torch.equal(model.moment_to_mask(spans, torch.ones(3, 75, dtype=torch.bool)), reference)
+
+
+def test_taskweave_hd2mr_doubles_above_mean_clips_of_the_projected_video(taskweave_one_thread):
+    """hd2mr as run: pass 1 on V0, V0 * (1 + [s > mean over all Lv clips]) into pass 2, and the
+    negative pass on the unmodified V0 with the queries rolled by one."""
+    torch.manual_seed(0)
+    model = taskweave.TaskWeave(_tw_config(feedback="hd2mr"), 34, 16).eval()
+    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    seen = []
+    model.t2v_encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs))
+    with torch.no_grad():
+        out = _tw_forward(model, batch, epoch=None)
+    first, second, negative = seen                      # pass 1, pass 2, negative pass
+    v0, saliency = first[0], out["saliency"]
+    above = (saliency > saliency.mean(1, keepdim=True)).float()                   # (B, Lv)
+    assert 0 < above.sum() < above.numel()
+    assert torch.equal(second[0], v0 + v0 * above[..., None])
+    assert torch.equal(negative[0], v0)
+    assert torch.equal(negative[2], first[2].roll(-1, dims=0))                     # word_feats
+    assert torch.equal(negative[3], first[3].roll(-1, dims=0))                     # word padding
+
+
+def test_taskweave_overfit_one_tiny_batch(taskweave_one_thread):
+    torch.manual_seed(0)
+    cfg = _tw_config(hidden_dim=64, dim_feedforward=128, enc_layers=1, shared_layers=1,
+                     num_queries=5, dropout=0.0, input_dropout=0.0)
+    model, criterion = taskweave.build(cfg, 34, 16)
+    batch = _tw_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    first = None
+    for step in range(120):
+        total, terms = criterion(_tw_forward(model, batch, epoch=None), batch)   # feedback on
+        first = dict(terms) if first is None else first
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        out = _tw_forward(model, batch, epoch=None)
+        _, terms = criterion(out, batch)
+        windows, _ = taskweave.predict(out, batch["video_mask"])
+    ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
+            for b, t in enumerate(batch["span_targets"])]
+    print(f"overfit: L_mr {first['loss_mr']:.3f} -> {terms['loss_mr']:.3f}, L_hd "
+          f"{first['loss_saliency']:.3f} -> {terms['loss_saliency']:.3f}, gammas "
+          f"{terms['gamma_mr']:.3f} {terms['gamma_hd']:.3f}, top-1 IoU {ious}")
+    assert terms["loss_mr"] < 0.3 * first["loss_mr"]
+    assert terms["loss_saliency"] < 0.5 * first["loss_saliency"]
+    assert terms["loss_overall"] < first["loss_overall"] - 1
+    assert min(ious) > 0.8
+    # gamma_mr heads for its optimum ln L_mr, which is negative once L_mr < 1.
+    assert terms["gamma_mr"] < 0
+
+
+def test_taskweave_train_end_to_end_on_synthetic(tmp_path, monkeypatch, taskweave_one_thread):
+    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
+    root = tmp_path / "syn"
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8)
+    results = tmp_path / "run"
+    # feedback_start=1: epoch 1 trains without feedback, epoch 2 (0-based index 1) with it.
+    assert train.main(["--model", "taskweave", "--data", "synthetic", "--feat-root", str(root),
+                       "--results-dir", str(results), "--no-progress", "--batch-size", "8",
+                       "--eval-every", "1", "--epochs", "2", "--set", "hidden_dim=32",
+                       "--set", "dim_feedforward=64", "--set", "nheads=4",
+                       "--set", "feedback_start=1"]) == 0
+    for name in ["config.json", "log.txt", "last.ckpt", "best.ckpt", "val_preds.jsonl", "metrics.json"]:
+        assert (results / name).is_file(), name
+    config = json.loads((results / "config.json").read_text())["config"]
+    assert (config["feedback"], config["ema_decay"], config["epochs"]) == ("mr2hd", 0.9, 2)
+    saved = json.loads((results / "metrics.json").read_text())
+    assert saved["best_metric"] == "MR-full-mAP"
+    assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP",
+            "HL-min-VeryGood-Hit1"} <= set(saved["brief"])
+    rows = metrics.read_jsonl(results / "val_preds.jsonl")
+    assert len(rows) == 8 and len(rows[0]["pred_relevant_windows"]) == 10
+    gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
+    assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+    log = (results / "log.txt").read_text()
+    assert "gamma_mr" in log and "gamma_hd" in log
+    # The gammas are model parameters: they are in the checkpoint, the EMA one included.
+    ckpt = torch.load(results / "last.ckpt", weights_only=False)
+    assert "gamma_mr" in ckpt["model"] and "gamma_hd" in ckpt["ema"]
+    assert not torch.equal(ckpt["model"]["gamma_hd"], ckpt["ema"]["gamma_hd"])

@@ -49,10 +49,11 @@ from tqdm import tqdm
 import common
 import data
 import metrics
+import taskweave
 import trdetr
 
 # The models this loop can train: a plain dict of modules that follow the contract above.
-MODELS = {"trdetr": trdetr}
+MODELS = {"trdetr": trdetr, "taskweave": taskweave}
 
 # The official PostProcessorDETR clamps every predicted window to [0, 150] s (QVHighlights' video
 # length) before rounding it to the clip grid; VideoLights and FlashVTG keep the same clamp for
