@@ -6,36 +6,74 @@ feature releases into exactly the tensors the official loaders build (Moment-DET
 `StartEndDataset`, copied unchanged by QD-DETR, TR-DETR and TaskWeave), and generates a small
 synthetic benchmark in the same layout so the whole pipeline runs without any download.
 
-    python data.py check --data qvh [--feat-root DIR] [--anno-dir DIR]   # is everything on disk?
-    python data.py synthetic --out features/synthetic                    # write the synthetic set
+    python data.py check --data qvh [--feat-root DIR] [--anno-dir DIR] [--layout L]
+                         [--video-feats slowfast,clip,blip] [--text-feats clip,blip]
+    python data.py synthetic --out features/synthetic [--blip]           # write the synthetic set
+    python data.py synthetic-pretrain --out features/synthetic [--blip]  # + a pretraining corpus
 
-Layouts on disk (the feature root defaults to `features/<data>`, the annotations to the same folder)
-----------------------------------------------------------------------------------------------
-QVHighlights (Moment-DETR release, one row per 2-s clip):
+Two releases, two layouts on disk (the feature root is ONE dataset's folder, default
+`features/<data>`; the annotations default to the same folder, or --anno-dir)
+-----------------------------------------------------------------------------------------------
+layout "moment_detr": the folders the official repositories read. QVHighlights: Moment-DETR's
+release (SlowFast + CLIP, one row per 2-s clip); Charades-STA: the QD-DETR / CG-DETR authors' SF+C
+release (one row per 1-s clip); TVSum: UMT's release (one row per ~2-s shot); the BLIP-2 folders
+come from VideoLights' archives ([VL]; they also carry the SF+C folders again).
     features/qvh/
       highlight_{train,val,test}_release.jsonl    7 fields a line (test: qid, query, duration, vid)
       slowfast_features/{vid}.npz                 key "features"           (clips, 2304)
       clip_features/{vid}.npz                     key "features"           (clips, 512)
       clip_text_features/qid{qid}.npz             key "last_hidden_state"  (tokens, 512)
-Charades-STA (SlowFast + CLIP release of the QD-DETR / CG-DETR authors, one row per 1-s clip):
+      blip_video_features/{vid}.npz               key "features"           (clips, 768)  [VL]
+      blip_aug_text_features_openai/qid{qid}.npz  key "last_hidden_state"  (tokens, 768) [VL]
     features/charades/
       charades_sta_{train,test}_tvr_format.jsonl  qid, query, duration, vid, relevant_windows (1)
-      slowfast_features/{vid}.npz  clip_features/{vid}.npz  clip_text_features/qid{qid}.npz (= QVH)
-TVSum (UMT release, one row per ~2-s shot, 5 videos per domain):
+      slowfast_features/ clip_features/ clip_text_features/   as QVH
+      blip_video_features/{vid}.npz  blip_text_features/qid{qid}.npz   (768 each)        [VL]
     features/tvsum/
       tvsum_{train,val}.jsonl   (or UMT's tvsum_anno.json + tvsum_splits.json, converted on load)
-      video_features/{vid}_rgb.npy, {vid}_opt.npy (shots, 1024) each: I3D RGB and optical flow
+      video_features/{vid}_rgb.npy, {vid}_opt.npy  (shots, 1024) each: I3D RGB and optical flow
       query_features/{qid}.npz  key "token" (tokens, 512): CLIP features of the title; qid = vid
-Synthetic (`make_synthetic`): exactly the QVHighlights layout and file names, smaller dims
-    (slowfast 128, clip 64, text 64), train and val splits only.
+      sf_features/ clip_features/ video_features_blip/ {vid}.npz "features";
+      query_features_blip/{qid}.npz "token" (768)                                        [VL]
+layout "lighthouse": line/lighthouse's per-dataset archives. Its README tree calls the folders
+features/QVHighlight/, features/Charades/, features/tvsum/; its code (training/config.py) reads
+features/qvhighlight/, features/charades/, features/tvsum/: point the feature root at that folder.
+Same file names and npz keys as above, other folder names, no BLIP-2:
+      slowfast/{vid}.npz "features" (2304)    clip/{vid}.npz "features" (512)
+      clip_text/qid{qid}.npz "last_hidden_state" (512)    TVSum: clip_text/{qid}.npz "token"
+      i3d/{vid}_rgb.npy + {vid}_opt.npy (TVSum)           (resnet/, pann/, glove: not read here)
+  Its annotations live in its repository (data/qvhighlight/highlight_*_release.jsonl,
+  data/charades/charades_{train,test}_release.jsonl, data/tvsum/tvsum_{train,val}_release.jsonl;
+  the same lines as the official files) and are accepted under those names too.
+The layout is detected from the folder names under the feature root (dataset_spec(name,
+feat_root)), or given (layout=...). Both layouts give IDENTICAL tensors for the same files: the
+streams are always concatenated in one order (below), although lighthouse lists CLIP first.
+Whether lighthouse's archives hold the same arrays as the official releases could not be checked
+here (no archive was downloadable): its code reads them with the official keys, per-row rates
+(clip_length 2 s QVH/TVSum, 1 s Charades) and preprocessing, and its README names the same
+extractor (HERO_Video_Feature_Extractor). Its loader's settings differ from ours in one place:
+Charades max_v_l 75 (ours: no limit, as CG-DETR) - a setting, not a layout, so not copied.
+Synthetic (`make_synthetic`): the moment_detr QVHighlights layout and file names, smaller dims
+    (slowfast 128, clip 64, text 64; with blip=True also "BLIP" video 48 and text 48), train and
+    val only; `make_synthetic_pretrain` adds pre_train_synthetic.jsonl (section at its code).
 
-Preprocessing (data_and_eval.md 1.3, read in QD-DETR/TR-DETR `start_end_dataset.py`)
------------------------------------------------------------------------------------
+Feature streams (dataset_spec's video_feats / text_feats, short names)
+----------------------------------------------------------------------
+video: "i3d" (TVSum), "slowfast", "clip", "blip"; text: "clip", "blip". Defaults: the official
+SF+C video + CLIP text (TVSum: I3D + CLIP). VideoLights-B = video slowfast,clip,blip + text
+clip,blip. Whatever order they are asked in, they are concatenated as I3D, SlowFast, CLIP, BLIP
+(video) and CLIP, BLIP (text): the official scripts' order.
+
+Preprocessing (data_and_eval.md 1.3, read in QD-DETR/TR-DETR/VideoLights `start_end_dataset.py`)
+------------------------------------------------------------------------------------------------
 video: each stream -> first max_v_l rows -> float32 -> rows L2-normalised as x / (||x|| + 1e-5)
-       -> every stream cut to the shortest -> concatenated (2304 + 512 = 2816) -> + tef (2) = 2818,
-       tef of clip i of L = [i/L, (i+1)/L] (where the clip sits in the video; "video_tef" mode).
-       TVSum: rgb and flow are concatenated FIRST and normalised together (2048 + 2 = 2050).
-text:  first max_q_l rows, L2-normalised (QVH, Charades); TVSum: the raw `token` rows (no cut/norm).
+       -> every stream cut to the shortest -> concatenated (2304 + 512 = 2816; + BLIP 768 = 3584)
+       -> + tef (2) = 2818 (3586), tef of clip i of L = [i/L, (i+1)/L] (where the clip sits in the
+       video; "video_tef" mode).
+       TVSum I3D: rgb and flow are concatenated FIRST and normalised together (2048 + 2 = 2050).
+text:  each stream -> first max_q_l rows, L2-normalised (QVH, Charades) -> every stream cut to the
+       shortest token count -> concatenated per token index (512 + 768 = 1280);
+       TVSum: the raw `token` rows (no cut/norm), as TR-DETR.
 Lv (the official `ctx_l`) is the video length after the cut; every label below is built on it.
 
 Labels per item (the collate turns them into the batch of CONTRACT.md)
@@ -45,7 +83,8 @@ saliency_pos/neg  clip indices of P (positive, negative) pairs for the margin lo
 saliency_all   (Lv,) graded saliency per clip (QVH: sum of 3 annotators, 0..12) for the rank loss
 relevant_mask  (Lv,) 1 on relevant clips: TR-DETR's `pos_mask`, target of its local alignment loss
 How each dataset gets them is written at `qvh_labels`, `window_labels` and `tvsum_labels`
-(the spec's `make_labels`).
+(the spec's `make_labels`); the pretraining corpus (`load_pretrain_dataset`) uses
+`first_window_labels`.
 
 Memory (every feature file is read once, at construction; an epoch never touches the disk)
 ------------------------------------------------------------------------------------------
@@ -58,17 +97,22 @@ per value; we chose exactness because these runs happen on GPU servers where 7 G
 a constraint.
 Charades-STA (SF+C, one row per second): train 1.7 GiB (5,336 videos, 164,746 s), test 0.4 GiB;
 TVSum 49 MiB (6,266 shots x 2,050); the default synthetic set 72 MiB (1,300 x <=75 x 194).
+VideoLights-B's 3,586-d video (SF + CLIP + BLIP-2) needs 27% more: QVH train 7.1 GiB.
 
 Where the details come from
 ---------------------------
 QVHighlights and TVSum: the official `StartEndDataset` (QD-DETR / TR-DETR `start_end_dataset.py`,
 identical in Moment-DETR and TaskWeave for QVH) and the shared specs (data_and_eval.md sections 1
 and 3). Charades-STA: lighthouse `training/dataset.py` and CG-DETR's SF+C scripts (section 2 and 6),
-as `window_labels` explains. UMT's annotation files: `_tvsum_annotations_from_umt`. Each place
-where we differ from the official code on purpose says so next to the code, and the parity checks
-run against the official loaders are described in the label functions' docstrings.
+as `window_labels` explains. Layouts: lighthouse's README, `training/config.py` and
+`training/dataset.py` (d095eaa). Extra streams and pretraining: VideoLights' `start_end_dataset.py`
+and `scripts/{qvhl,charades_sta,tvsum,pretrain}/*.sh` (videolights.md sections 2 and 5). UMT's
+annotation files: `_tvsum_annotations_from_umt`. Each place where we differ from the official
+code on purpose says so next to the code, and the parity checks run against the official loaders
+are described in the label functions' docstrings.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -76,7 +120,7 @@ import random
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -92,7 +136,28 @@ TVSUM_DOMAINS = ["VT", "VU", "GA", "MS", "PK", "PR", "FM", "BK", "BT", "DS"]
 # Feature dims of the synthetic benchmark: small enough that TR-DETR (hidden 256) trains in minutes
 # on a 2-core CPU. The generator and dataset_spec("synthetic") both read them from here.
 SYNTHETIC_DIMS = {"slowfast": 128, "clip": 64, "text": 64}
+# The optional stand-ins for VideoLights-B's BLIP-2 streams (written with `blip=True` only, so the
+# default set, and the numbers measured on it, stay exactly as they were).
+SYNTHETIC_BLIP_DIMS = {"video": 48, "text": 48}
 SYNTHETIC_MARKER = "SYNTHETIC_COMPLETE.json"   # written last: its absence means "(re)generate"
+SYNTHETIC_PRETRAIN_FILE = "pre_train_synthetic.jsonl"   # "pre_train" in the name, as the official
+
+LAYOUTS = ("moment_detr", "lighthouse")
+# Stream short names in the order their features are concatenated, whatever order they are asked
+# for in: the official scripts build their directory lists in this order (VideoLights: SlowFast,
+# CLIP, BLIP; its TVSum script puts I3D first), and a fixed order is what makes the two layouts
+# give identical tensors (lighthouse lists CLIP before SlowFast: same numbers, columns permuted).
+VIDEO_ORDER = ("i3d", "slowfast", "clip", "blip")
+TEXT_ORDER = ("clip", "blip")
+DEFAULT_FEATS = {"qvh": (("slowfast", "clip"), ("clip",)),
+                 "charades": (("slowfast", "clip"), ("clip",)),
+                 "synthetic": (("slowfast", "clip"), ("clip",)),
+                 "tvsum": (("i3d",), ("clip",))}
+# How lighthouse's README and code (and ours) name a dataset's folder: a hint when the feature root
+# points one level above it.
+DATASET_FOLDERS = {"qvh": ("QVHighlight", "qvhighlight", "qvh"),
+                   "charades": ("Charades", "charades"),
+                   "tvsum": ("tvsum", "TVSum"), "synthetic": ("synthetic",)}
 
 
 class FeatureError(Exception):
@@ -111,6 +176,7 @@ class FeatureStream:
     key: str | None = "features"      # npz key; None for .npy files
     files: tuple = ("{vid}.npz",)
     what: str = ""                    # for messages: what these files are
+    name: str = ""                    # short name: "slowfast", "clip", "blip", "i3d"
 
 
 @dataclass
@@ -120,12 +186,12 @@ class DatasetSpec:
     splits: tuple                     # the real splits, in order (what `check` looks at)
     eval_split: str                   # the split the papers report and the loop evaluates
     video_streams: list               # FeatureStream per video stream, concatenated in this order
-    text_stream: FeatureStream
+    text_streams: list                # FeatureStream per text stream, concatenated per token
     clip_len: float                   # seconds per feature row
     max_v_l: int | None               # keep at most this many rows per video stream (None: all)
     max_q_l: int | None               # keep at most this many text tokens (None: all)
     make_labels: object               # (annotation, ctx_l, spec) -> labels: qvh_labels,
-                                      # window_labels or tvsum_labels (defined below)
+                                      # window_labels, tvsum_labels or first_window_labels
     normalize_v: bool = True
     normalize_t: bool = True
     use_tef: bool = True
@@ -134,6 +200,9 @@ class DatasetSpec:
     unlabelled_splits: tuple = ()     # splits whose annotation lines carry no labels
     required_fields: tuple = ("qid", "query", "duration", "vid")
     label_fields: tuple = ()          # also required on labelled splits
+    anno_aliases: dict = field(default_factory=dict)   # split -> other accepted file names
+    layout: str = "moment_detr"       # which release's directory names (see LAYOUTS)
+    layout_note: str = ""             # how the layout was chosen (for messages)
 
     @property
     def video_dim(self):
@@ -141,34 +210,165 @@ class DatasetSpec:
 
     @property
     def text_dim(self):
-        return self.text_stream.dim
+        return sum(s.dim for s in self.text_streams)
 
 
-def _slowfast_clip_streams(slowfast_dim, clip_dim, text_dim):
-    """The Moment-DETR layout, shared by QVHighlights, Charades-STA (SF+C) and the synthetic set.
-    Stream order SlowFast then CLIP, as in every official script (lighthouse uses the reverse)."""
-    video = [FeatureStream("slowfast_features", slowfast_dim, what="SlowFast video features"),
-             FeatureStream("clip_features", clip_dim, what="CLIP video features")]
-    text = FeatureStream("clip_text_features", text_dim, key="last_hidden_state",
-                         files=("qid{qid}.npz",), what="CLIP text features")
+def _stream_catalog(name, layout):
+    """Every stream a dataset offers in one layout: ({short name: video FeatureStream},
+    {short name: text FeatureStream}). The directory names are the ones the official scripts
+    (moment_detr) or lighthouse's config.py (lighthouse) read; the module docstring has the
+    trees."""
+    if name == "synthetic":
+        if layout != "moment_detr":
+            raise ValueError("the synthetic set is only written in the moment_detr layout")
+        sf, cl, tc = SYNTHETIC_DIMS["slowfast"], SYNTHETIC_DIMS["clip"], SYNTHETIC_DIMS["text"]
+        bv, tb = SYNTHETIC_BLIP_DIMS["video"], SYNTHETIC_BLIP_DIMS["text"]
+    else:
+        sf, cl, bv, tc, tb = 2304, 512, 768, 512, 768
+    lighthouse = layout == "lighthouse"
+    if name == "tvsum":
+        # UMT's release (video_features/, query_features/) plus VideoLights' TVSum archive
+        # (sf_features/, clip_features/, video_features_blip/, query_features_blip/); lighthouse
+        # has I3D files with UMT's names under i3d/ (presumably UMT's arrays: not verifiable here)
+        # and the title features under clip_text/. TVSum text files are named by the bare qid
+        # (= vid) and hold the key "token" in every release.
+        def folder(official, light):
+            return light if lighthouse else official
+        video = {
+            "i3d": FeatureStream(folder("video_features", "i3d"), 2048, key=None,
+                                 files=("{vid}_rgb.npy", "{vid}_opt.npy"),
+                                 what="I3D RGB + optical-flow features", name="i3d"),
+            "slowfast": FeatureStream(folder("sf_features", "slowfast"), sf,
+                                      what="SlowFast video features", name="slowfast"),
+            "clip": FeatureStream(folder("clip_features", "clip"), cl,
+                                  what="CLIP video features", name="clip")}
+        text = {"clip": FeatureStream(folder("query_features", "clip_text"), tc, key="token",
+                                      files=("{qid}.npz",), what="CLIP title features",
+                                      name="clip")}
+        if not lighthouse:
+            video["blip"] = FeatureStream("video_features_blip", bv, what="BLIP-2 video features",
+                                          name="blip")
+            text["blip"] = FeatureStream("query_features_blip", tb, key="token",
+                                         files=("{qid}.npz",), what="BLIP-2 title features",
+                                         name="blip")
+        return video, text
+    # QVHighlights, Charades-STA and the synthetic set: one row per clip, text per query id.
+    video = {"slowfast": FeatureStream("slowfast" if lighthouse else "slowfast_features", sf,
+                                       what="SlowFast video features", name="slowfast"),
+             "clip": FeatureStream("clip" if lighthouse else "clip_features", cl,
+                                   what="CLIP video features", name="clip")}
+    text = {"clip": FeatureStream("clip_text" if lighthouse else "clip_text_features", tc,
+                                  key="last_hidden_state", files=("qid{qid}.npz",),
+                                  what="CLIP text features", name="clip")}
+    if not lighthouse:
+        # VideoLights' BLIP-2 additions (its train.sh dirs; QVH uses the "aug ... openai" folder,
+        # whose qid{qid}.npz files are the original queries; the paraphrases qid{qid}_k.npz are
+        # never read by its loader).
+        video["blip"] = FeatureStream("blip_video_features", bv, what="BLIP-2 video features",
+                                      name="blip")
+        text_dir = "blip_text_features" if name == "charades" else "blip_aug_text_features_openai"
+        text["blip"] = FeatureStream(text_dir, tb, key="last_hidden_state", files=("qid{qid}.npz",),
+                                     what="BLIP-2 text features", name="blip")
     return video, text
 
 
-def dataset_spec(name):
-    """The official settings of one dataset (see the module docstring for the layouts)."""
+def _layout_markers(name, layout):
+    """The directory names that identify a layout on disk."""
+    video, text = _stream_catalog(name, layout)
+    return [s.dirname for s in list(video.values()) + list(text.values())]
+
+
+def detect_layout(name, feat_root):
+    """Which release is under feat_root: (layout, note). A layout is recognised by its directory
+    names (moment_detr: slowfast_features/, clip_features/, ...; lighthouse: slowfast/, clip/,
+    clip_text/, i3d/); when neither is there, the default moment_detr is assumed (the missing-file
+    error then names what it looked for). Both at once is ambiguous: FeatureError."""
+    if name == "synthetic":
+        return "moment_detr", "the synthetic set is always in the moment_detr layout"
+    root = os.fspath(feat_root)
+    found = {layout: [d for d in _layout_markers(name, layout)
+                      if os.path.isdir(os.path.join(root, d))] for layout in LAYOUTS}
+    have = [layout for layout in LAYOUTS if found[layout]]
+    if len(have) == 2:
+        listing = "; ".join(f"{layout}: {', '.join(d + '/' for d in found[layout])}"
+                            for layout in LAYOUTS)
+        raise FeatureError(f"{root} holds feature directories of both layouts ({listing}): say "
+                           f"which one to read with layout='moment_detr' or 'lighthouse' "
+                           f"(--layout)")
+    if have:
+        layout = have[0]
+        return layout, f"detected: found {', '.join(d + '/' for d in found[layout])} in {root}"
+    if os.path.isdir(root):
+        why = "has no feature directory of either layout"
+    else:
+        why = "does not exist"
+    note = f"default: {root} {why}"
+    hint = _dataset_folder_hint(name, root)
+    return "moment_detr", note + (f"; {hint}" if hint else "")
+
+
+def _dataset_folder_hint(name, root):
+    """'ROOT/QVHighlight looks like ...' when the user pointed at the folder above a dataset's."""
+    for folder in DATASET_FOLDERS.get(name, ()):
+        sub = os.path.join(root, folder)
+        if os.path.isdir(sub):
+            for layout in LAYOUTS:
+                if any(os.path.isdir(os.path.join(sub, d)) for d in _layout_markers(name, layout)):
+                    return (f"{sub} looks like the dataset's folder ({layout} layout): pass it "
+                            f"as the feature root")
+    return ""
+
+
+def _select_streams(catalog, wanted, order, kind, name, layout):
+    """Short names (a list, or "slowfast,clip") -> the catalog's FeatureStreams, in the canonical
+    order (VIDEO_ORDER / TEXT_ORDER)."""
+    if isinstance(wanted, str):
+        wanted = [w.strip() for w in wanted.split(",") if w.strip()]
+    if not wanted:
+        raise ValueError(f"no {kind} feature stream selected for {name}")
+    unknown = [w for w in wanted if w not in catalog]
+    if unknown:
+        extra = ""
+        if "blip" in unknown and layout == "lighthouse":
+            extra = " (BLIP-2 features exist only in VideoLights' archives: moment_detr layout)"
+        raise ValueError(f"{name} has no {kind} stream {unknown[0]!r} in the {layout} layout; "
+                         f"available: {', '.join(catalog)}{extra}")
+    return [catalog[n] for n in order if n in wanted]
+
+
+def dataset_spec(name, feat_root=None, layout=None, video_feats=None, text_feats=None):
+    """The official settings of one dataset (see the module docstring for the layouts).
+
+    layout: "moment_detr" or "lighthouse"; None = detected from what is under feat_root (if given),
+    else moment_detr. video_feats / text_feats: short stream names, a list or a comma-separated
+    string (video "slowfast", "clip", "blip", TVSum also "i3d"; text "clip", "blip"); None = the
+    streams every official script uses (SlowFast + CLIP video, CLIP text; TVSum: I3D, CLIP)."""
+    if name not in DEFAULT_FEATS:
+        raise ValueError(f"unknown dataset {name!r}: expected qvh, charades, tvsum or synthetic")
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        note = "given"
+    elif feat_root is not None:
+        layout, note = detect_layout(name, feat_root)
+    else:
+        layout, note = "moment_detr", "default: no feature root given"
+    catalog_v, catalog_t = _stream_catalog(name, layout)
+    default_v, default_t = DEFAULT_FEATS[name]
+    video = _select_streams(catalog_v, video_feats or default_v, VIDEO_ORDER, "video", name, layout)
+    text = _select_streams(catalog_t, text_feats or default_t, TEXT_ORDER, "text", name, layout)
+    common = dict(video_streams=video, text_streams=text, layout=layout, layout_note=note)
+
     qvh_label_fields = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
     if name in ("qvh", "synthetic"):
-        dims = (2304, 512, 512) if name == "qvh" else (
-            SYNTHETIC_DIMS["slowfast"], SYNTHETIC_DIMS["clip"], SYNTHETIC_DIMS["text"])
-        video, text = _slowfast_clip_streams(*dims)
         splits = ("train", "val", "test") if name == "qvh" else ("train", "val")
         return DatasetSpec(
             name=name, anno_files={s: f"highlight_{s}_release.jsonl" for s in splits},
-            splits=splits, eval_split="val", video_streams=video, text_stream=text, clip_len=2,
+            splits=splits, eval_split="val", clip_len=2,
             max_v_l=75, max_q_l=32, make_labels=qvh_labels, n_pairs=2,
-            unlabelled_splits=("test",) if name == "qvh" else (), label_fields=qvh_label_fields)
+            unlabelled_splits=("test",) if name == "qvh" else (), label_fields=qvh_label_fields,
+            **common)
     if name == "charades":
-        video, text = _slowfast_clip_streams(2304, 512, 512)
         test_file = "charades_sta_test_tvr_format.jsonl"
         return DatasetSpec(
             name=name,
@@ -177,36 +377,42 @@ def dataset_spec(name):
             # an alias of the same file so that neither spelling silently reads something else.
             anno_files={"train": "charades_sta_train_tvr_format.jsonl", "test": test_file,
                         "val": test_file},
-            splits=("train", "test"), eval_split="test", video_streams=video, text_stream=text,
+            # lighthouse's copies (data/charades/), same lines under other names
+            anno_aliases={"train": ("charades_train_release.jsonl",),
+                          "test": ("charades_test_release.jsonl",),
+                          "val": ("charades_test_release.jsonl",)},
+            splits=("train", "test"), eval_split="test",
             clip_len=1,
             # max_v_l: CG-DETR's SF+C Charades script (the QD-DETR authors' own) and FlashVTG pass
             # -1 = no limit; lighthouse and VideoLights keep 75, which cuts only the 53 train videos
             # longer than 75 s (every test video is <= 72 s, so evaluation is the same either way).
+            # The limit is a loader setting, not part of a layout: both layouts get None here.
             # max_q_l: 32, the default of all of them.
             max_v_l=None, max_q_l=32, make_labels=window_labels, n_pairs=2,
-            label_fields=("relevant_windows",))
-    if name == "tvsum":
-        video = [FeatureStream("video_features", 2048, key=None,
-                               files=("{vid}_rgb.npy", "{vid}_opt.npy"),
-                               what="I3D RGB + optical-flow features")]
-        text = FeatureStream("query_features", 512, key="token", files=("{qid}.npz",),
-                             what="CLIP title features")
-        return DatasetSpec(
-            name=name, anno_files={"train": "tvsum_train.jsonl", "val": "tvsum_val.jsonl"},
-            splits=("train", "val"), eval_split="val", video_streams=video, text_stream=text,
-            clip_len=2,   # the shots are ~2 s; nothing in the TVSum pipeline uses it
-            max_v_l=1000, max_q_l=None, normalize_t=False, make_labels=tvsum_labels, n_pairs=1,
-            label_fields=("label", "domain"))
-    raise ValueError(f"unknown dataset {name!r}: expected qvh, charades, tvsum or synthetic")
-
+            label_fields=("relevant_windows",), **common)
+    # tvsum
+    return DatasetSpec(
+        name=name, anno_files={"train": "tvsum_train.jsonl", "val": "tvsum_val.jsonl"},
+        anno_aliases={"train": ("tvsum_train_release.jsonl",), "val": ("tvsum_val_release.jsonl",)},
+        splits=("train", "val"), eval_split="val",
+        clip_len=2,   # the shots are ~2 s; nothing in the TVSum pipeline uses it
+        # The text is kept raw (no cut, no normalisation), as TR-DETR, QD-DETR and lighthouse do.
+        # VideoLights cuts it to 32 tokens and normalises it: dataclasses.replace(spec,
+        # max_q_l=32, normalize_t=True) gives its inputs.
+        max_v_l=1000, max_q_l=None, normalize_t=False, make_labels=tvsum_labels, n_pairs=1,
+        label_fields=("label", "domain"), **common)
 
 # ----------------------------------------------------------------------------- annotations
 
-def _read_annotation_file(path):
-    """read_jsonl plus the 1-based line number of every row (for 'file:line: ...' messages)."""
+def _read_annotation_file(path, aliases=()):
+    """read_jsonl plus the 1-based line number of every row (for 'file:line: ...' messages).
+    `aliases`: other names that were looked for too (only for the message)."""
     if not os.path.isfile(path):
-        raise FeatureError(f"annotation file not found: {path} (put it in the feature root or "
-                           f"pass --anno-dir DIR); {README_HINT}")
+        also = f" (or {', '.join(aliases)})" if aliases else ""
+        raise FeatureError(f"annotation file not found: {path}{also} (put it in the feature root "
+                           f"or pass --anno-dir DIR; lighthouse keeps its copies in its "
+                           f"repository's data/<dataset>/, not in the feature archive); "
+                           f"{README_HINT}")
     try:
         rows = read_jsonl(path)
     except ValueError as err:          # malformed JSON: read_jsonl already names file and line
@@ -243,7 +449,8 @@ def _tvsum_annotations_from_umt(anno_dir, split):
     for p in (anno_path, splits_path):
         if not os.path.isfile(p):
             raise FeatureError(
-                f"TVSum annotations not found in {anno_dir}: expected tvsum_{split}.jsonl, or "
+                f"TVSum annotations not found in {anno_dir}: expected tvsum_{split}.jsonl "
+                f"(lighthouse: tvsum_{split}_release.jsonl), or "
                 f"tvsum_anno.json + tvsum_splits.json ({p} is missing); {README_HINT}")
     with open(anno_path) as f:
         anno = json.load(f)
@@ -260,17 +467,28 @@ def _tvsum_annotations_from_umt(anno_dir, split):
     return rows
 
 
+def _annotation_path(spec, split, anno_dir):
+    """The split's annotation file: the official name, else one of its aliases (lighthouse's
+    copies of the same lines, e.g. charades_train_release.jsonl), else the official name again
+    (which then gives the 'not found' error)."""
+    for name in (spec.anno_files[split],) + tuple(spec.anno_aliases.get(split, ())):
+        path = os.path.join(anno_dir, name)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(anno_dir, spec.anno_files[split])
+
+
 def load_annotations(spec, split, anno_dir, domain=None):
     """The raw annotation dicts of one split (ground truth for the metrics), checked for the fields
     the labels need. TVSum: only `domain`'s videos when one is given."""
     if split not in spec.anno_files:
         raise ValueError(f"{spec.name} has no split {split!r}; splits: {sorted(spec.anno_files)}")
-    path = os.path.join(anno_dir, spec.anno_files[split])
+    path = _annotation_path(spec, split, anno_dir)
     if spec.name == "tvsum" and not os.path.isfile(path):
         rows = _tvsum_annotations_from_umt(anno_dir, split)
         path, line_numbers = os.path.join(anno_dir, "tvsum_anno.json"), None
     else:
-        rows, line_numbers = _read_annotation_file(path)
+        rows, line_numbers = _read_annotation_file(path, spec.anno_aliases.get(split, ()))
     if line_numbers is not None:
         fields = spec.required_fields
         if split not in spec.unlabelled_splits:
@@ -298,10 +516,10 @@ def _stream_files(stream, rows, is_text):
 
 def find_missing(spec, feat_root, rows):
     """Compare what the rows need with what is on disk, one listing per directory (fast even for
-    the 10k-file QVH folders). Returns one report per stream:
+    the 10k-file QVH folders). Returns one report per stream, video streams first:
     (stream, directory, n_expected, missing file names, directory_exists)."""
     reports = []
-    streams = [(s, False) for s in spec.video_streams] + [(spec.text_stream, True)]
+    streams = [(s, False) for s in spec.video_streams] + [(s, True) for s in spec.text_streams]
     for stream, is_text in streams:
         directory = os.path.join(feat_root, stream.dirname)
         needed = _stream_files(stream, rows, is_text)
@@ -312,10 +530,24 @@ def find_missing(spec, feat_root, rows):
     return reports
 
 
+def layout_message(spec, feat_root):
+    """'layout moment_detr (detected: ...)', plus a hint when the other layout is what is on disk
+    (a spec built without feat_root, or with the wrong explicit layout)."""
+    text = f"layout {spec.layout}" + (f" ({spec.layout_note})" if spec.layout_note else "")
+    if spec.name != "synthetic":
+        for other in LAYOUTS:
+            found = [d for d in _layout_markers(spec.name, other)
+                     if other != spec.layout and os.path.isdir(os.path.join(feat_root, d))]
+            if found:
+                text += (f"; but {feat_root} has {', '.join(d + '/' for d in found)} of the "
+                         f"{other} layout: pass layout='{other}' (--layout {other})")
+    return text
+
+
 def _raise_if_missing(spec, feat_root, rows, split):
     problems = []
     for stream, directory, n_expected, missing, exists in find_missing(spec, feat_root, rows):
-        kind = "text" if stream is spec.text_stream else "video"
+        kind = "text" if stream in spec.text_streams else "video"
         if not exists:
             problems.append(f"feature directory not found: {directory} (expected the "
                             f"{stream.what}, {n_expected} {kind} files for {spec.name} {split})")
@@ -323,6 +555,7 @@ def _raise_if_missing(spec, feat_root, rows, split):
             problems.append(f"{len(missing)} of {n_expected} {kind} files missing from "
                             f"{directory}, first: {missing[0]}")
     if problems:
+        problems.append(layout_message(spec, feat_root))   # which folder names were looked for
         raise FeatureError("; ".join(problems) + f"; {README_HINT}")
 
 
@@ -361,7 +594,7 @@ def load_video(spec, feat_root, vid, max_len=None):
     """Preprocessed video of one vid: (Lv, Dv) float32 tensor, tef included (module docstring).
     `max_len` cuts the video further (TVSum: to its label length) before tef is computed."""
     per_stream = []
-    for stream in spec.video_streams:
+    for stream in spec.video_streams:          # canonical order: I3D, SlowFast, CLIP, BLIP
         paths = [os.path.join(feat_root, stream.dirname, p.format(vid=vid)) for p in stream.files]
         parts = [_read_rows(path, stream, spec.max_v_l) for path in paths]
         if len(parts) > 1:
@@ -373,9 +606,9 @@ def load_video(spec, feat_root, vid, max_len=None):
             array = parts[0]
         _check_dim(" + ".join(paths), array, stream.dim)
         if spec.normalize_v:
-            array = l2_normalize(array)
+            array = l2_normalize(array)        # each stream on its own, before concatenation
         per_stream.append(array)
-    # Streams can differ by a row (SlowFast and CLIP were extracted apart): cut to the shortest.
+    # Streams can differ by a row (they were extracted apart): cut all to the shortest.
     ctx_l = min(len(a) for a in per_stream)
     if max_len is not None:
         ctx_l = min(ctx_l, max_len)
@@ -390,14 +623,22 @@ def load_video(spec, feat_root, vid, max_len=None):
 
 
 def load_text(spec, feat_root, qid):
-    """Preprocessed query of one qid: (Lq, Dq) float32 tensor."""
-    stream = spec.text_stream
-    path = os.path.join(feat_root, stream.dirname, stream.files[0].format(qid=qid))
-    array = _read_rows(path, stream, spec.max_q_l)        # TVSum: max_q_l None keeps all tokens
-    _check_dim(path, array, stream.dim)
-    if spec.normalize_t:
-        array = l2_normalize(array)
-    return torch.from_numpy(array)
+    """Preprocessed query of one qid: (Lq, Dq) float32 tensor.
+
+    Several text streams (VideoLights-B: CLIP 512 + BLIP-2 768) are each cut to max_q_l tokens and
+    normalised, then cut to the SHORTER token count and concatenated per token index, as its
+    loader does. The two tokenisers (CLIP BPE, BERT WordPiece) do not align, so row i joins the
+    i-th CLIP token with the i-th BLIP token, whatever words they are."""
+    per_stream = []
+    for stream in spec.text_streams:
+        path = os.path.join(feat_root, stream.dirname, stream.files[0].format(qid=qid))
+        array = _read_rows(path, stream, spec.max_q_l)    # TVSum: max_q_l None keeps all tokens
+        _check_dim(path, array, stream.dim)
+        if spec.normalize_t:
+            array = l2_normalize(array)
+        per_stream.append(array)
+    n_tokens = min(len(a) for a in per_stream)
+    return torch.from_numpy(np.concatenate([a[:n_tokens] for a in per_stream], axis=1))  # (Lq, Dq)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -528,6 +769,37 @@ def tvsum_labels(ann, ctx_l, spec):
                 saliency_all=torch.from_numpy(agg / 80 * 12).float(), relevant_mask=relevant)
 
 
+def first_window_labels(ann, ctx_l, spec):
+    """Pretraining labels (VideoLights' synthetic captions, Moment-DETR's ASR subtitles): binary,
+    from the FIRST window only, as the official loader does for any annotation path containing
+    'pre_train' or 'subs_train' (`get_saliency_labels_sub_as_query` with the video's duration).
+
+    The clip length here is duration / ctx_l, not spec.clip_len (VideoLights passes the duration;
+    the two agree when ctx_l = duration / 2): st = int(ws / c), ed = max(0, min(int(we / c), ctx_l)
+    - 1), st lowered to ed if it is past it. saliency_all = 1 on clips st..ed (0 elsewhere);
+    P = 2 positives drawn among them (st twice for a single clip) and 2 negatives among the other
+    clips (the positives again if fewer than 2 remain); Python `random`, redrawn every call.
+    relevant_mask = the same clips (VideoLights' `saliency_pos_index` = saliency_all > 0; TR-DETR's
+    pos_mask has no official pretraining definition). The span targets use every window (up to
+    max_windows), normalised by ctx_l * clip_len as everywhere else; the official pretraining
+    lines have one window each."""
+    window_st, window_ed = ann["relevant_windows"][0]
+    clip_len = ann["duration"] / ctx_l
+    last = max(0, min(int(window_ed / clip_len), ctx_l) - 1)
+    first = min(int(window_st / clip_len), last)
+    spans = span_targets(ann["relevant_windows"], ctx_l, spec)
+    if first != last:
+        pos = random.sample(range(first, last + 1), k=2)
+    else:
+        pos = [first, first]
+    neg_pool = list(range(0, first)) + list(range(last + 1, ctx_l))
+    neg = random.sample(neg_pool, k=2) if len(neg_pool) >= 2 else list(pos)
+    saliency_all = torch.zeros(ctx_l)
+    saliency_all[first:last + 1] = 1.0
+    return dict(span_targets=spans, saliency_pos=pos, saliency_neg=neg,
+                saliency_all=saliency_all, relevant_mask=saliency_all.clone())
+
+
 def no_labels(ctx_l, spec):
     """An unlabelled split (QVH test): empty span targets, zeros everywhere else."""
     return dict(span_targets=torch.zeros(0, 2), saliency_pos=[0] * spec.n_pairs,
@@ -543,7 +815,8 @@ class MomentDataset(torch.utils.data.Dataset):
     .annotations  raw annotation dicts, same order as the items (the metrics' ground truth)
     .video_dim    Dv including the 2 tef dims; .text_dim  Dq
     item i        dict(video_feats (Lv, Dv), query_feats (Lq, Dq), the labels of `qvh_labels` /
-                  `window_labels` / `tvsum_labels`, meta); random pairs redrawn at every call."""
+                  `window_labels` / `tvsum_labels` / `first_window_labels`, meta); random pairs
+                  redrawn at every call."""
 
     def __init__(self, spec, feat_root, split, annotations, progress=True):
         self.spec, self.split, self.annotations = spec, split, annotations
@@ -588,15 +861,61 @@ def load_dataset(spec, feat_root, split, domain=None, anno_dir=None, progress=Tr
     """Build one split: read and check its annotations, check that every feature file exists
     (one FeatureError naming what is missing), then load all features into memory.
     `spec` is a DatasetSpec or a dataset name; anno_dir defaults to feat_root."""
-    if isinstance(spec, str):
-        spec = dataset_spec(spec)
     feat_root = os.fspath(feat_root)
+    if isinstance(spec, str):
+        spec = dataset_spec(spec, feat_root=feat_root)      # layout detected from the tree
     anno_dir = os.fspath(anno_dir) if anno_dir is not None else feat_root
     annotations = load_annotations(spec, split, anno_dir, domain)
     if not annotations:
         raise FeatureError(f"{spec.name} {split}: no annotation lines"
                            + (f" for domain {domain}" if domain else ""))
     return MomentDataset(spec, feat_root, split, annotations, progress=progress)
+
+
+# The official pretraining archive keeps its caption features in folders of its own (VideoLights'
+# pretrain_sf_clip[_blip].sh: clip_query_features/, blip_query_features/; Moment-DETR's ASR
+# subtitles: clip_sub_features/), next to slowfast_features/ clip_features/ blip_video_features/.
+PRETRAIN_TEXT_DIRS = {"clip": ("clip_query_features", "clip_sub_features"),
+                      "blip": ("blip_query_features",)}
+
+
+def load_pretrain_dataset(spec, anno_path, feat_root, progress=True):
+    """VideoLights' pretraining corpus (paper "-pt"; also Moment-DETR's ASR pretraining) as a
+    MomentDataset of split "pretrain", for training only (evaluation stays on the eval split).
+
+    anno_path: a jsonl in the official format, one (caption, window) pair a line: qid (the official
+    generator writes strings like "{vid}_{start}_{end}"), query, vid, duration (s), relevant_windows
+    (one 10-s window); relevant_clip_ids and saliency_scores may be there and are ignored, as the
+    official loader ignores them for such files. Labels: `first_window_labels`.
+    feat_root: the video streams of `spec` (same folders and names as the dataset's), the text
+    streams either in the spec's folders or in the pretraining archive's (PRETRAIN_TEXT_DIRS).
+    spec: a DatasetSpec or a dataset name (its streams, clip_len, max lengths and normalisation).
+
+    Memory: the official QVH corpus (187,682 captions on ~12.5k videos) would take about 10 GiB of
+    float32 video (SF+C; 13 GiB with BLIP-2) plus ~4-5 GiB of text once loaded (computed from its
+    sizes, not measured)."""
+    feat_root = os.fspath(feat_root)
+    if isinstance(spec, str):
+        spec = dataset_spec(spec, feat_root=feat_root)
+    text_streams = []
+    for stream in spec.text_streams:
+        if (spec.layout == "moment_detr"
+                and not os.path.isdir(os.path.join(feat_root, stream.dirname))):
+            for other in PRETRAIN_TEXT_DIRS.get(stream.name, ()):
+                if os.path.isdir(os.path.join(feat_root, other)):
+                    stream = dataclasses.replace(stream, dirname=other)
+                    break
+        text_streams.append(stream)
+    fields = ("qid", "query", "duration", "vid", "relevant_windows")
+    spec = dataclasses.replace(spec, text_streams=text_streams, make_labels=first_window_labels,
+                               n_pairs=2, unlabelled_splits=(), required_fields=fields,
+                               label_fields=())
+    anno_path = os.fspath(anno_path)
+    rows, line_numbers = _read_annotation_file(anno_path)
+    _check_fields(rows, line_numbers, anno_path, fields)
+    if not rows:
+        raise FeatureError(f"{anno_path}: no annotation lines")
+    return MomentDataset(spec, feat_root, "pretrain", rows, progress=progress)
 
 
 def _pad(sequences, fill=0.0):
@@ -715,8 +1034,82 @@ def _synthetic_windows(rng, n_clips):
     return windows
 
 
+def _synthetic_world(rng, n_concepts):
+    """The fixed random projections of one seed (the first draws of its generator, so the
+    fine-tuning set and the pretraining corpus of a seed share the same concepts)."""
+    style_dim = 8
+    return {"text": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["text"]),
+            "slowfast": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["slowfast"]),
+            "clip": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["clip"]),
+            "slowfast_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["slowfast"]),
+            "clip_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["clip"]),
+            "filler": _unit_rows(rng, 200, SYNTHETIC_DIMS["text"]),
+            "start": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
+            "end": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
+            "style_dim": style_dim}
+
+
+def _synthetic_blip_world(seed, n_concepts):
+    """The BLIP-2 stand-ins' own projections, from a generator of their own (seeded [seed, 2]):
+    drawing them from the main generator would change every default file."""
+    rng = np.random.default_rng([seed, 2])
+    dim_v, dim_t, style_dim = SYNTHETIC_BLIP_DIMS["video"], SYNTHETIC_BLIP_DIMS["text"], 8
+    return {"video": _unit_rows(rng, n_concepts, dim_v),
+            "video_style": _unit_rows(rng, style_dim, dim_v),
+            "text": _unit_rows(rng, n_concepts, dim_t),
+            "filler": _unit_rows(rng, 200, dim_t),
+            "cls": _unit_rows(rng, 1, dim_t)[0], "sep": _unit_rows(rng, 1, dim_t)[0],
+            "style_dim": style_dim}
+
+
+def _synthetic_video(rng, world, activation, video_noise):
+    """{"slowfast": (clips, 128), "clip": (clips, 64)} for a (clips, K) concept activation: each
+    stream sees the concepts through its own projection, plus a per-video style and noise."""
+    n_clips = len(activation)
+    style = rng.normal(0.0, 1.0, size=world["style_dim"]) * 0.7 / math.sqrt(world["style_dim"])
+    video = {}
+    for name in ("slowfast", "clip"):
+        dim = SYNTHETIC_DIMS[name]
+        video[name] = (activation @ world[name] + style @ world[name + "_style"]
+                       + _unit_rows(rng, n_clips, dim) * video_noise)
+    return video
+
+
+def _synthetic_tokens(rng, world, concept, text_noise):
+    """(tokens, 64) "CLIP" text of a query about `concept` (see the comment block above)."""
+    dim = SYNTHETIC_DIMS["text"]
+    n_tokens = int(rng.integers(8, 21))
+    middle = [world["filler"][int(rng.integers(len(world["filler"])))] for _ in range(n_tokens - 2)]
+    for pos in rng.choice(n_tokens - 2, size=int(rng.integers(1, 4)), replace=False):
+        middle[pos] = world["text"][concept]
+    tokens = np.stack([world["start"]] + middle + [world["end"] + 0.5 * world["text"][concept]])
+    return tokens + _unit_rows(rng, n_tokens, dim) * text_noise
+
+
+def _synthetic_blip(rng, blip_world, activation, concept, video_noise, text_noise):
+    """The BLIP-2 stand-ins of one query: (clips, 48) video seen through a third projection, and
+    (tokens, 48) text with its own token count (a [CLS], 4..22 words, a [SEP]), so that the
+    VideoLights rule 'cut the text streams to the shorter one, glue row i to row i' is exercised
+    with tokenisations that do not align, as CLIP's and BERT's do not."""
+    n_clips = len(activation)
+    dim_v, dim_t = SYNTHETIC_BLIP_DIMS["video"], SYNTHETIC_BLIP_DIMS["text"]
+    style_dim = blip_world["style_dim"]
+    style = rng.normal(0.0, 1.0, size=style_dim) * 0.7 / math.sqrt(style_dim)
+    video = (activation @ blip_world["video"] + style @ blip_world["video_style"]
+             + _unit_rows(rng, n_clips, dim_v) * video_noise)                  # (clips, 48)
+    n_tokens = int(rng.integers(6, 25))
+    filler = blip_world["filler"]
+    middle = [filler[int(rng.integers(len(filler)))] for _ in range(n_tokens - 2)]
+    for pos in rng.choice(n_tokens - 2, size=int(rng.integers(1, 4)), replace=False):
+        middle[pos] = blip_world["text"][concept]
+    tokens = np.stack([blip_world["cls"] + 0.5 * blip_world["text"][concept]] + middle
+                      + [blip_world["sep"]])
+    return video, tokens + _unit_rows(rng, n_tokens, dim_t) * text_noise         # (tokens, 48)
+
+
 def _synthetic_query(rng, index, world, video_noise, text_noise):
-    """One query: (annotation dict, {stream: (clips, dim) features}, (tokens, dim) text)."""
+    """One query: (annotation dict, {stream: (clips, dim) features}, (tokens, dim) text,
+    (clips, K) concept activation, concept)."""
     n_concepts = len(world["text"])
     duration = 150 if rng.random() < 0.95 else int(rng.integers(60, 75)) * 2
     n_clips = duration // 2
@@ -754,45 +1147,31 @@ def _synthetic_query(rng, index, world, video_noise, text_noise):
     raw = 4.0 * strengths[:, None] + 0.2 + bias[None, :] + noise           # (n_rel, 3 annotators)
     scores = np.clip(np.rint(raw), 0, 4).astype(int)
 
-    style = rng.normal(0.0, 1.0, size=world["style_dim"]) * 0.7 / math.sqrt(world["style_dim"])
-    video = {}
-    for name in ("slowfast", "clip"):
-        dim = SYNTHETIC_DIMS[name]
-        feats = (activation @ world[name] + style @ world[name + "_style"]
-                 + _unit_rows(rng, n_clips, dim) * video_noise)
-        video[name] = feats
+    video = _synthetic_video(rng, world, activation, video_noise)
     if rng.random() < 0.02:                                   # the real streams can differ by a row
         video["clip"] = video["clip"][:-1]
-
-    dim = SYNTHETIC_DIMS["text"]
-    n_tokens = int(rng.integers(8, 21))
-    middle = [world["filler"][int(rng.integers(len(world["filler"])))] for _ in range(n_tokens - 2)]
-    for pos in rng.choice(n_tokens - 2, size=int(rng.integers(1, 4)), replace=False):
-        middle[pos] = world["text"][concept]
-    tokens = np.stack([world["start"]] + middle + [world["end"] + 0.5 * world["text"][concept]])
-    tokens = tokens + _unit_rows(rng, n_tokens, dim) * text_noise
+    tokens = _synthetic_tokens(rng, world, concept, text_noise)
 
     vid = f"synth{index:05d}_0.0_{float(duration):.1f}"      # QVH style: {id}_{start}_{end}
     ann = {"qid": index, "query": f"a moment showing concept {concept}", "duration": duration,
            "vid": vid, "relevant_clip_ids": rel_ids, "saliency_scores": scores.tolist(),
            "relevant_windows": [[2 * st, 2 * ed] for st, ed in windows]}
-    return ann, video, tokens
+    return ann, video, tokens, activation, concept
 
 
-def _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise):
-    return {"version": SYNTHETIC_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-            "n_concepts": n_concepts, "video_noise": video_noise, "text_noise": text_noise,
-            "dims": SYNTHETIC_DIMS}
+def _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip=False):
+    params = {"version": SYNTHETIC_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
+              "n_concepts": n_concepts, "video_noise": video_noise, "text_noise": text_noise,
+              "dims": SYNTHETIC_DIMS}
+    if blip:            # only then: a default set's marker stays what it always was
+        params["blip_dims"] = SYNTHETIC_BLIP_DIMS
+    return params
 
 
-def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_noise=1.0,
-                   text_noise=0.3, progress=False):
-    """Write the synthetic benchmark under `root` in the QVHighlights layout (module docstring):
-    highlight_{train,val}_release.jsonl + slowfast_features/ clip_features/ clip_text_features/,
-    float16 npz like the real release, then the marker file. Deterministic in `seed`."""
-    root = os.fspath(root)
+def _refuse_non_synthetic(root):
+    """Never write synthetic files into someone's real data."""
     spec = dataset_spec("synthetic")
-    for split in spec.splits:                 # never overwrite someone's real data
+    for split in spec.splits:
         path = os.path.join(root, spec.anno_files[split])
         if os.path.isfile(path) and not os.path.isfile(os.path.join(root, SYNTHETIC_MARKER)):
             with open(path) as f:
@@ -800,28 +1179,51 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
             if first.strip() and not json.loads(first).get("vid", "").startswith("synth"):
                 raise FeatureError(f"{root} holds non-synthetic annotations ({path}); refusing to "
                                    f"write the synthetic set there")
+
+
+def _write_blip(root, dirs, vid, qid, video, tokens):
+    video_dir, text_dir = dirs
+    _write_npz(os.path.join(root, video_dir, f"{vid}.npz"), features=video.astype(np.float16))
+    _write_npz(os.path.join(root, text_dir, f"qid{qid}.npz"),
+               last_hidden_state=tokens.astype(np.float16))
+
+
+def _blip_dirs():
+    video, text = _stream_catalog("synthetic", "moment_detr")
+    return video["blip"].dirname, text["blip"].dirname
+
+
+def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_noise=1.0,
+                   text_noise=0.3, progress=False, blip=False):
+    """Write the synthetic benchmark under `root` in the QVHighlights layout (module docstring):
+    highlight_{train,val}_release.jsonl + slowfast_features/ clip_features/ clip_text_features/,
+    float16 npz like the real release, then the marker file. Deterministic in `seed`.
+    blip=True also writes the BLIP-2 stand-ins (48-d) in VideoLights' folders
+    blip_video_features/ and blip_aug_text_features_openai/, drawn from generators of their own:
+    every other file is byte-identical to the blip=False set."""
+    root = os.fspath(root)
+    spec = dataset_spec("synthetic")
+    _refuse_non_synthetic(root)
     marker = os.path.join(root, SYNTHETIC_MARKER)
     if os.path.exists(marker):
         os.remove(marker)                     # from here on the set counts as incomplete
-    for stream in spec.video_streams + [spec.text_stream]:
-        os.makedirs(os.path.join(root, stream.dirname), exist_ok=True)
+    dirs = [s.dirname for s in spec.video_streams + spec.text_streams]
+    if blip:
+        dirs += list(_blip_dirs())
+    for dirname in dirs:
+        os.makedirs(os.path.join(root, dirname), exist_ok=True)
 
     rng = np.random.default_rng(seed)
-    style_dim = 8
-    world = {"text": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["text"]),
-             "slowfast": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["slowfast"]),
-             "clip": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["clip"]),
-             "slowfast_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["slowfast"]),
-             "clip_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["clip"]),
-             "filler": _unit_rows(rng, 200, SYNTHETIC_DIMS["text"]),
-             "start": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
-             "end": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
-             "style_dim": style_dim}
+    world = _synthetic_world(rng, n_concepts)
+    if blip:
+        blip_world = _synthetic_blip_world(seed, n_concepts)
+        blip_rng = np.random.default_rng([seed, 3])
     index = 0
     for split, count in (("train", n_train), ("val", n_val)):
         rows = []
         for _ in tqdm(range(count), desc=f"synthetic {split}", disable=not progress):
-            ann, video, tokens = _synthetic_query(rng, index, world, video_noise, text_noise)
+            ann, video, tokens, activation, concept = _synthetic_query(
+                rng, index, world, video_noise, text_noise)
             _write_npz(os.path.join(root, "slowfast_features", f"{ann['vid']}.npz"),
                        features=video["slowfast"].astype(np.float16))
             _write_npz(os.path.join(root, "clip_features", f"{ann['vid']}.npz"),
@@ -829,45 +1231,173 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
             _write_npz(os.path.join(root, "clip_text_features", f"qid{ann['qid']}.npz"),
                        last_hidden_state=tokens.astype(np.float16),
                        pooler_output=tokens[-1].astype(np.float16))
+            if blip:
+                blip_video, blip_tokens = _synthetic_blip(blip_rng, blip_world, activation, concept,
+                                                          video_noise, text_noise)
+                _write_blip(root, _blip_dirs(), ann["vid"], ann["qid"], blip_video, blip_tokens)
             rows.append(ann)
             index += 1
         write_jsonl_atomic(os.path.join(root, spec.anno_files[split]), rows)
-    params = _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise)
+    params = _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip)
     write_json_atomic(marker, params)         # last: the set is complete
     return root
 
 
+def _marker_matches(path, wanted, also_ok=None):
+    """True if the marker file at `path` records `wanted` (or `also_ok`) parameters."""
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        try:
+            found = json.load(f)
+        except json.JSONDecodeError:
+            return False
+    return any(found == json.loads(json.dumps(p)) for p in (wanted, also_ok) if p is not None)
+
+
 def ensure_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_noise=1.0,
-                     text_noise=0.3, progress=True):
+                     text_noise=0.3, progress=True, blip=False):
     """Generate the synthetic set under `root` unless a complete one with these parameters is
     there already. The marker file is written last and records the parameters, so a half-written
     set, or one made by another version or with other parameters, is regenerated. Regenerating
-    overwrites files by name and deletes nothing."""
-    params = _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise)
-    marker = os.path.join(os.fspath(root), SYNTHETIC_MARKER)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            try:
-                if json.load(f) == json.loads(json.dumps(params)):
-                    return root
-            except json.JSONDecodeError:
-                pass
+    overwrites files by name and deletes nothing. A set written with blip=True also serves
+    blip=False (its other files are the same); a blip=False set is completed by regenerating."""
+    args = (seed, n_train, n_val, n_concepts, video_noise, text_noise)
+    with_blip = _synthetic_params(*args, blip=True)
+    wanted = with_blip if blip else _synthetic_params(*args)
+    if _marker_matches(os.path.join(os.fspath(root), SYNTHETIC_MARKER), wanted, with_blip):
+        return root
     t0 = time.time()
     print(f"generating the synthetic benchmark in {root} ...", file=sys.stderr)
-    make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress)
+    make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress, blip)
     print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
     return root
 
 
+# ----------------------------------------------------------------------------- synthetic pretrainin
+#
+# The stand-in for VideoLights' "-pt" corpus (videolights.md section 5): there, every 10 s of a
+# video was captioned by an image captioner, and each caption became a query whose window is those
+# 10 s. Here, with the world (concepts, projections) of the same seed as the fine-tuning set: a
+# 150-s video is a sequence of 15 segments of 10 s (5 clips), each showing one random concept at
+# strength 0.5..1 (the same concept can come back later in the video, so some "captions" also fit
+# other segments: the labels are noisy, as real captions are); one line per segment, its tokens
+# built like a fine-tuning query about that concept. The lines follow the official generator's
+# format (qid "{vid}_{start}_{end}", relevant_clip_ids and ITM-style saliency_scores that the
+# loader ignores). Videos, text and the jsonl go into the synthetic set's own folders under new
+# names (synthpt*), so the fine-tuning files are untouched; the jsonl and then a marker are written
+# last.
+
+SYNTHETIC_PRETRAIN_MARKER = "SYNTHETIC_PRETRAIN_COMPLETE.json"
+PRETRAIN_SEGMENT_S = 10          # seconds per caption (the generator's 0.1 frames per second)
+
+
+def _pretrain_params(seed, n_videos, n_concepts, video_noise, text_noise, blip):
+    return {"version": SYNTHETIC_VERSION, "seed": seed, "n_videos": n_videos,
+            "n_concepts": n_concepts, "video_noise": video_noise, "text_noise": text_noise,
+            "dims": SYNTHETIC_DIMS, "blip_dims": SYNTHETIC_BLIP_DIMS if blip else None}
+
+
+def make_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_noise=1.0,
+                            text_noise=0.3, blip=False, progress=False):
+    """Write a tiny pretraining corpus (15 caption lines per 150-s video) under `root`:
+    pre_train_synthetic.jsonl + features in the synthetic folders (see the comment above).
+    Deterministic in `seed`; load it with load_pretrain_dataset("synthetic", root/<jsonl>, root)."""
+    root = os.fspath(root)
+    _refuse_non_synthetic(root)
+    spec = dataset_spec("synthetic")
+    marker = os.path.join(root, SYNTHETIC_PRETRAIN_MARKER)
+    if os.path.exists(marker):
+        os.remove(marker)
+    dirs = [s.dirname for s in spec.video_streams + spec.text_streams]
+    if blip:
+        dirs += list(_blip_dirs())
+    for dirname in dirs:
+        os.makedirs(os.path.join(root, dirname), exist_ok=True)
+    world = _synthetic_world(np.random.default_rng(seed), n_concepts)   # the fine-tuning concepts
+    rng = np.random.default_rng([seed, 1])                               # a stream of its own
+    if blip:
+        blip_world = _synthetic_blip_world(seed, n_concepts)
+    duration, clip_len = 150, 2
+    n_clips, seg = duration // clip_len, PRETRAIN_SEGMENT_S // clip_len
+    rows = []
+    for v in tqdm(range(n_videos), desc="synthetic pretraining", disable=not progress):
+        vid = f"synthpt{v:05d}_0.0_{float(duration):.1f}"
+        concepts = rng.integers(n_concepts, size=n_clips // seg)        # one per 10-s segment
+        activation = np.zeros((n_clips, n_concepts))                     # (clips, K)
+        for j, k in enumerate(concepts):
+            strength = rng.uniform(0.5, 1.0)
+            activation[j * seg:(j + 1) * seg, k] = strength * rng.uniform(0.85, 1.0, size=seg)
+        video = _synthetic_video(rng, world, activation, video_noise)
+        _write_npz(os.path.join(root, "slowfast_features", f"{vid}.npz"),
+                   features=video["slowfast"].astype(np.float16))
+        _write_npz(os.path.join(root, "clip_features", f"{vid}.npz"),
+                   features=video["clip"].astype(np.float16))
+        for j, k in enumerate(concepts):
+            start, end = float(j * PRETRAIN_SEGMENT_S), float((j + 1) * PRETRAIN_SEGMENT_S)
+            qid = f"{vid}_{start}_{end}"
+            tokens = _synthetic_tokens(rng, world, int(k), text_noise)
+            _write_npz(os.path.join(root, "clip_text_features", f"qid{qid}.npz"),
+                       last_hidden_state=tokens.astype(np.float16))
+            if blip:
+                blip_video, blip_tokens = _synthetic_blip(rng, blip_world, activation, int(k),
+                                                          video_noise, text_noise)
+                _write_blip(root, _blip_dirs(), vid, qid, blip_video, blip_tokens)
+            clip_ids = list(range(j * seg, (j + 1) * seg))
+            # The official generator's saliency score per clip, exp(max(2.5 p, 1)) from an ITM
+            # probability p; here p = the concept's strength. Ignored by every loader.
+            itm = [[round(math.exp(max(2.5 * float(activation[i, k]), 1.0)), 4)] for i in clip_ids]
+            rows.append({"qid": qid, "query": f"a caption showing concept {int(k)}",
+                         "vid": vid, "duration": duration, "split": "train",
+                         "relevant_windows": [[start, end]], "relevant_clip_ids": clip_ids,
+                         "saliency_scores": itm})
+    write_jsonl_atomic(os.path.join(root, SYNTHETIC_PRETRAIN_FILE), rows)
+    write_json_atomic(marker, _pretrain_params(seed, n_videos, n_concepts, video_noise,
+                                               text_noise, blip))
+    return os.path.join(root, SYNTHETIC_PRETRAIN_FILE)
+
+
+def ensure_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_noise=1.0,
+                              text_noise=0.3, blip=False, progress=True):
+    """make_synthetic_pretrain unless a complete corpus with these parameters (or the same with
+    BLIP-2 stand-ins, when blip=False) is there. Returns the jsonl path."""
+    args = (seed, n_videos, n_concepts, video_noise, text_noise)
+    with_blip = _pretrain_params(*args, blip=True)
+    wanted = with_blip if blip else _pretrain_params(*args, blip=False)
+    if not _marker_matches(os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_MARKER), wanted,
+                           with_blip):
+        make_synthetic_pretrain(root, seed, n_videos, n_concepts, video_noise, text_noise, blip,
+                                progress)
+    return os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_FILE)
+
+
 # ----------------------------------------------------------------------------- command line
 
-def check(name, feat_root, anno_dir=None, out=sys.stdout):
-    """Report, per split and stream, whether the feature root is complete. Returns True if so."""
-    spec = dataset_spec(name)
+def check(name, feat_root, anno_dir=None, out=None, layout=None, video_feats=None,
+          text_feats=None):
+    """Report the layout, then per split and stream whether the feature root is complete.
+    Returns True if so. layout / video_feats / text_feats as in dataset_spec; out defaults to
+    stdout."""
+    out = out or sys.stdout              # looked up at call time (pytest's capture replaces it)
     anno_dir = anno_dir or feat_root
-    complete = True
     print(f"{name}: feature root {os.path.abspath(feat_root)}, annotations in "
           f"{os.path.abspath(anno_dir)}", file=out)
+    try:
+        spec = dataset_spec(name, feat_root, layout, video_feats, text_feats)
+    except FeatureError as err:          # both layouts at once
+        print(f"  layout: {err}", file=out)
+        print(f"incomplete: {README_HINT}", file=out)
+        return False
+    print(f"  {layout_message(spec, feat_root)}", file=out)
+    for kind, streams in (("video", spec.video_streams), ("text", spec.text_streams)):
+        listing = ", ".join(f"{s.name} {s.dirname}/ ({s.dim})" for s in streams)
+        print(f"  {kind} streams: {listing}", file=out)
+    for stream in spec.video_streams + spec.text_streams:     # what is there, before any split
+        directory = os.path.join(feat_root, stream.dirname)
+        state = (f"{len(os.listdir(directory))} files" if os.path.isdir(directory)
+                 else "MISSING directory")
+        print(f"  {stream.dirname + '/':31s} {state}", file=out)
+    complete = True
     for split in spec.splits:
         try:
             rows = load_annotations(spec, split, anno_dir)
@@ -884,14 +1414,16 @@ def check(name, feat_root, anno_dir=None, out=sys.stdout):
                 status = f"INCOMPLETE, first missing: {missing[0]}"
             else:
                 status = "ok"
-            print(f"  {split:5s} {stream.dirname:20s} {found:6d}/{n_expected:<6d} {status}",
+            print(f"  {split:5s} {stream.dirname:30s} {found:6d}/{n_expected:<6d} {status}",
                   file=out)
             complete = complete and exists and not missing
     if name == "synthetic":
-        hint = f"generate it with: python data.py synthetic --out {feat_root}"
+        wants_blip = any(s.name == "blip" for s in spec.video_streams + spec.text_streams)
+        blip = " --blip" if wants_blip else ""
+        hint = f"generate it with: python data.py synthetic --out {feat_root}{blip}"
     else:
         hint = README_HINT
-    print("complete" if complete else f"incomplete: {hint}", file=out)
+    print("complete" if complete else f"incomplete ({spec.layout} layout): {hint}", file=out)
     return complete
 
 
@@ -902,21 +1434,41 @@ def main(argv=None):
     p.add_argument("--data", required=True, choices=["qvh", "charades", "tvsum", "synthetic"])
     p.add_argument("--feat-root", default=None, help="default: features/<data>")
     p.add_argument("--anno-dir", default=None, help="default: the feature root")
+    p.add_argument("--layout", default=None, choices=LAYOUTS,
+                   help="which release's folder names (default: detected from the feature root)")
+    p.add_argument("--video-feats", default=None,
+                   help="comma-separated video streams, e.g. slowfast,clip,blip (default: the "
+                        "official ones: slowfast,clip; TVSum i3d)")
+    p.add_argument("--text-feats", default=None,
+                   help="comma-separated text streams, e.g. clip,blip (default: clip)")
     p = sub.add_parser("synthetic", help="write the synthetic benchmark")
     p.add_argument("--out", default=os.path.join("features", "synthetic"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blip", action="store_true", help="also write the BLIP-2 stand-in streams")
+    p = sub.add_parser("synthetic-pretrain",
+                       help=f"write the synthetic pretraining corpus ({SYNTHETIC_PRETRAIN_FILE})")
+    p.add_argument("--out", default=os.path.join("features", "synthetic"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-videos", type=int, default=100, help="15 caption lines per video")
+    p.add_argument("--blip", action="store_true", help="also write the BLIP-2 stand-in streams")
     args = parser.parse_args(argv)
     if args.command == "check":
         feat_root = args.feat_root or os.path.join("features", args.data)
-        return 0 if check(args.data, feat_root, args.anno_dir) else 1
+        return 0 if check(args.data, feat_root, args.anno_dir, layout=args.layout,
+                          video_feats=args.video_feats, text_feats=args.text_feats) else 1
     t0 = time.time()
-    make_synthetic(args.out, seed=args.seed, progress=True)
-    print(f"synthetic benchmark written to {args.out} in {time.time() - t0:.1f} s")
+    if args.command == "synthetic":
+        make_synthetic(args.out, seed=args.seed, progress=True, blip=args.blip)
+        print(f"synthetic benchmark written to {args.out} in {time.time() - t0:.1f} s")
+    else:
+        path = make_synthetic_pretrain(args.out, seed=args.seed, n_videos=args.n_videos,
+                                       blip=args.blip, progress=True)
+        print(f"synthetic pretraining corpus written to {path} in {time.time() - t0:.1f} s")
     return 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except FeatureError as err:
+    except (FeatureError, ValueError) as err:
         sys.exit(f"error: {err}")
