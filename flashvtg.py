@@ -1,0 +1,980 @@
+"""FlashVTG: feature layering and adaptive score handling for video temporal grounding.
+
+Paper: Cao, Zhang, Du, Yu, Li, Wang, "FlashVTG: Feature Layering and Adaptive Score Handling
+Network for Video Temporal Grounding", WACV 2025 (arXiv 2412.13441). Official code:
+github.com/Zhuo-Cao/FlashVTG. Its fusion part (dummy tokens, adaptive cross-attention, saliency
+head, negative pairs, saliency losses) comes from CG-DETR (github.com/wjun0830/CGDETR); its
+detection part (feature pyramid, point generator, label assignment, heads, SampledNCE loss) from
+R2-Tuning (github.com/yeliudev/R2-Tuning), which builds on the nncore library. We rewrite both in
+plain torch.
+
+The idea
+--------
+DETR-style models (TR-DETR, ...) predict moments from a handful of decoder queries (10 on
+QVHighlights). Short moments get few of them, and the confidence of a query depends on that query
+alone. FlashVTG has no decoder at all. It is an anchor-free detector in the style of FCOS: after
+the text has been fused into the clips, a temporal feature pyramid is built by strided
+convolutions ("Temporal Feature Layering", TFL), and EVERY position of EVERY level is a candidate
+moment. A shared convolutional head regresses, from each position, its distances to the start and
+to the end of the moment; level k counts these distances in steps of its stride 2^(k-1), so coarse
+levels naturally cover long moments. With 75 clips and 4 levels there are 75 + 37 + 18 + 9 = 139
+candidates per query instead of 10.
+
+Each candidate also needs a confidence for ranking. "Adaptive Score Refinement" (ASR) mixes two
+score heads: an intra-scale one that looks at one pyramid level at a time, and an inter-scale one
+that slides over all levels concatenated along time, so that a candidate is scored in the context
+of its neighbours and of the other scales. A learned scalar x blends the two. A "Clip-Aware Score"
+(CAS) loss ties the finest level's confidences to the highlight labels of the clips.
+
+Paper -> code
+-------------
+  Sec. 3.3, Eq. (1)-(3)  dummy tokens + adaptive cross-attention  DummyEncoder, ACALayer
+  Sec. 3.3               transformer encoder after the ACA        EncoderLayer (x enc_layers)
+  Sec. 3.3, Eq. (4)      highlight detection (HD) head            FlashVTG.fuse (saliency_proj1/2)
+  Sec. 3.4               Temporal Feature Layering                TemporalFeatureLayering
+  Sec. 3.4, Eq. (5)      moment (boundary) head                   BoundaryHead, FlashVTG.forward
+  Sec. 3.5, Eq. (6)-(9)  Adaptive Score Refinement                ScoreHead x 2, FlashVTG.forward
+  Sec. 3.6               focal + L1 + CAS (Eq. 10) + SampledNCE + saliency losses   FlashVTGLoss
+  (R2-Tuning)            points, label assignment, decoding       make_points, assign_targets,
+                                                                  decode_windows / predict
+
+Data flow (B videos, Lv clips, Lq words, Ld dummies, d = 256, K levels, P = sum of level lengths)
+--------------------------------------------------------------------------------------------------
+  video (B, Lv, Dv), query (B, Lq, Dq)
+  -> input MLPs + token-type embeddings    clips (B, Lv, d), words (B, Lq, d)
+  -> dummy encoder                        encoded dummies D~ (B, Ld, d)   (text + dummies, 2 layers)
+  -> ACA x 6 (clips attend to [D~; words]) (B, Lv, d); attention kept for the t2v saliency
+  -> self-attention encoder x 3           F (B, Lv, d)
+  -> HD head                              saliency (B, Lv)
+  -> TFL on ReLU(F)                       K levels (B, Lv / 2^(k-1), d)
+  -> heads on every level                 logits (B, P) (ASR), distances (B, P, 2)
+  -> decoding                             windows per video (n, 3) = [start, end, score]
+
+Where we follow the official code, not the paper
+------------------------------------------------
+(The code produced the published numbers; our parameter count equals the official model's.)
+  1. ACA (Eq. 1-3) has no query/key/value projections at all: the position-added clip features
+     are dotted directly with [D~ + dummy positions; words], and only an output projection
+     exists. Softmax over dummies and words, values from the words only (as the paper says), so
+     each clip's attention to the words sums to less than 1.
+  2. The FFN of an ACA layer reads LN1(a) but its residual is added to the un-normalised a
+     (CG-DETR's layer, as QD-DETR's); residual branches use per-sample stochastic depth
+     (DropPath) instead of dropout.
+  3. TFL (paper: F_1 = F): the official pyramid applies an IN-PLACE ReLU for its stride-1 level,
+     so level 1 and every coarser level (and the SampledNCE loss) see ReLU(F). Level 2^p is its
+     own stack of p [Conv1d(k=2, s=2) -> LayerNorm -> ReLU] blocks on ReLU(F); the levels are
+     parallel branches, not a cascade of shared convolutions.
+  4. Moment head (paper Eq. 5: ReLU(Conv(ReLU(Conv F))) x C_k): Conv-ReLU-Conv, then exp(), times
+     a learnable per-level coefficient (init 1). Its outputs are distances from the position to
+     the start and to the end, in units of the level's stride.
+  5. Score heads (paper: 2 conv layers with a 1x5 kernel): QVHighlights runs 1 conv layer of
+     kernel 5 (a 1-D conv along time) and a 5-layer MLP; other datasets differ (default_config).
+     The inter-scale conv slides across the seams between levels; x is unconstrained (init 0.5).
+  6. CAS loss (paper: per-query min-max normalisation of confidences): the code normalises with
+     the min and max of the WHOLE batch tensor, padding included, and uses the pre-sigmoid logits
+     of level 1 (the first Lv candidates).
+  7. The saliency loss is CG-DETR's composite (hinge + rank-contrastive + negative pairs) on the
+     HD head, plus the same terms and a BCE on the clips' total attention to the words (the
+     paper defers the details to its supplement). The total on QVHighlights is
+     1*L_reg + 5*L_cls + 0.1*L_SNCE + 0.8*L_saliency + 4*L_CAS.
+  8. Inference: every candidate is decoded, the 50 most confident are kept. NMS 0.7 (the paper's
+     setting) is applied by the training loop after post-processing, and the official NMS does
+     not remove windows: it sets their score to 0 (common.temporal_nms_zero). The checkpoint is
+     selected on the predictions WITHOUT NMS, as in the official loop.
+  9. The learning rate is constant: the official loop calls StepLR.step(last_batch_loss), which
+     sets the epoch counter to the loss, so the rate only drops if a loss exceeds lr_drop (400 on
+     QVHighlights: never). We keep the official lr_drop values; with our per-epoch StepLR they are
+     >= the number of epochs (Charades: 50 = epochs, the drop would come after the last epoch),
+     so the rate is constant as well. lr_gamma is 0.5 as in the official code.
+ 10. The text position table (use_txt_pos off) exists but is never used, as in TR-DETR; we keep
+     it so that the parameter count is the official one (10,752 of 10,469,400 parameters).
+ 11. Two slips of the official saliency loss are kept, because they shape what was trained: the
+     rank-contrastive term of the rows WITHOUT a real negative is dropped from the attention part
+     (added to the wrong variable), and from the main part too when there is exactly one such row
+     (a spurious extra dimension makes its softmax run over one element). See
+     saliency_composite_loss. With them, our loss equals the official one on the official
+     model's outputs to float precision.
+
+Where we differ from the official code (all numerically negligible or behaviour-preserving)
+-----------------------------------------------------------------------------------------------
+  a. ACA attention mask. The official layer also passes an attn_mask, outer(clip padding, key
+     padding), tiled head-major while the attention reads it batch-major (the same slip as
+     TR-DETR's; see trdetr.py note a): item b, head h gets the mask of item (b * nhead + h) mod B,
+     which hides real (clip, word) pairs of b wherever another item is padded. By default we use
+     the key padding mask alone; Config.t2v_mask_bug = True reproduces the official behaviour
+     (for the negative pass we apply it over the whole batch; the official code over the rows
+     with a real negative only, so the two differ when some rows have none). Not negligible: at
+     initialisation, in a batch of videos with 75/75/60/41 clips, the slip moves the fused
+     features by up to 0.05 and the clips' attention to the words by up to 0.04.
+  b. Negative pairs. Every sample is also run with the next sample's text (rolled by one). The
+     official model skips rows whose "original video" is the same as the next row's (QVH: the vid
+     without its trailing _start_end, i.e. two 150-s segments of one YouTube video; other
+     datasets: the full vid). Our model cannot see the vids (the contract passes only tensors),
+     so it runs the negative pass for every row, and the loss picks the rows with a real negative
+     from batch["meta"]. Without the mask bug every row is computed independently, so the loss
+     values are the same; only the random dropout draws differ.
+  c. The GT windows for label assignment come from batch["span_targets"] (normalised by the
+     loaded clip count): x n_clips gives clip units, = seconds / clip_len as the official code
+     computes them; we round to 1e-4 clip so that float error never moves a window edge across a
+     point. data.py keeps at most 5 windows per query (random if more); the official FlashVTG
+     loader keeps all of them (3.6% of QVH train queries have more than 5).
+  d. Degenerate batches: the official L1 loss is 0/0 = NaN when a batch has no positive point and
+     the CAS loss is NaN when all labels (or all logits) in the batch are equal; we return 0 for
+     those terms instead. Neither happens in the official runs.
+  e. Layers are built independently. The official code deep-copies one layer, so for instance the
+     two dummy-encoder layers start with identical weights. We use the official initialisations
+     otherwise: trunc_normal(std 0.02) for every matrix of the ACA and self-attention encoder,
+     N(0, 0.02) for the token-type embeddings, N(0, 1) for the dummy tokens and their positions,
+     torch defaults elsewhere.
+  f. The score heads are written as Conv1d; the official Conv2d with a (1, k) kernel on a height-1
+     map is the same function with the same number of parameters. Their width follows hidden_dim
+     (the official code hard-codes 256, the same value).
+  g. The official evaluation runs one query at a time (asserted). predict also handles padded
+     batches (candidates on padding are dropped), but a padded batch is not the same computation:
+     the HD head averages over padded clips and the inter-scale head slides over them. So
+     eval_batch_size is 1, as official.
+  h. Data side (data.py, shared by every model): the official FlashVTG loader draws the random
+     saliency pairs ONCE when it preloads the dataset (data.py redraws them at every epoch, like
+     Moment-DETR's loader) and builds the Charades-STA clip labels with duration / n_clips as the
+     clip length (data.py: 1 s; at most one clip of difference). Its 40 query tokens and all GT
+     windows on QVHighlights ARE applied: data_settings() below, which train.py reads.
+  i. predict returns windows normalised by the clip count (the loop multiplies by the duration);
+     the official code multiplies clips by clip_len and clamps to the duration. The two agree
+     whenever duration = n_clips x clip_len (99% of QVHighlights); pass meta= to predict for the
+     official arithmetic everywhere.
+
+Checked against the official model (a one-off script, not part of the tests): the official
+FlashVTG built from Zhuo-Cao/FlashVTG (+ nncore), its weights copied into ours, dropout off. One
+query at a time (the official evaluation): saliency within 1.1e-7, the 50 decoded windows within
+7.6e-6 s. A padded training batch of 4 with t2v_mask_bug = True and real negatives everywhere:
+logits, distances, saliency, attention saliency and the negative pass within 1.5e-6, and all five
+loss terms equal (largest difference 1.2e-7). Our saliency loss on the official model's outputs
+equals the official one for batches with 0, 1, 2 and 4 rows without a real negative.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import neg_pair_loss, saliency_margin_loss, saliency_rank_contrastive_loss, \
+    sigmoid_focal_loss
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class Config:
+    """Official defaults: QVHighlights with SlowFast + CLIP features
+    (FlashVTG/scripts/train_qv_slowclip.sh, data/MR.py, FlashVTG/config.py defaults)."""
+    # --- fusion (CG-DETR part)
+    hidden_dim: int = 256
+    nheads: int = 8
+    dim_feedforward: int = 1024
+    dropout: float = 0.1           # attention weights, FFN inner dropout, DropPath on residuals
+    input_dropout: float = 0.5     # inside the input MLPs
+    n_input_proj: int = 2          # layers of each input MLP
+    num_dummies: int = 40          # learnable dummy tokens Ld
+    dummy_layers: int = 2          # encoder layers over [dummies; words]
+    t2v_layers: int = 6            # adaptive cross-attention (ACA) layers
+    enc_layers: int = 3            # self-attention layers over the clips after the ACA
+    max_q_l: int = 40              # sizes the unused text position table (parameter parity only)
+    t2v_mask_bug: bool = False     # True: reproduce the official ACA attn_mask slip (note a)
+    use_neg: bool = True           # run each video with the next sample's text (negative pairs)
+    neg_strip_segment: bool = True  # QVH: "vid_start_end" -> same video if "vid" matches (note b)
+    # --- detection (R2-Tuning part)
+    strides: tuple = (1, 2, 4, 8)  # pyramid levels (data/MR.py); (1, 2, 4, 8, 16) for QVH-IV2
+    kernel_size: int = 5           # score heads: temporal kernel of the conv layers
+    num_conv_layers: int = 1       # score heads: conv layers
+    num_mlp_layers: int = 5        # score heads: Linear layers after the convs
+    max_num_moment: int = 50       # candidates kept per query at inference
+    sample_radius: float = 1.5     # center sampling radius, in strides
+    mr_loss: bool = True           # False (TVSum, data/HD.py): no boundaries, BCE on saliency labels
+    snce_col: bool = True          # SampledNCE in both directions (MR); False: row only (HD)
+    # --- loss weights
+    lw_reg: float = 1.0            # L1 on the boundary distances
+    lw_cls: float = 5.0            # focal loss on the candidates' labels
+    lw_sal: float = 0.1            # SampledNCE (clip-query contrastive)
+    lw_saliency: float = 0.8       # CG-DETR saliency composite
+    label_loss_coef: float = 4.0   # Clip-Aware Score loss, Eq. (10)
+    lw_wattn: float = 1.0          # weight of the attention part of the saliency composite
+    saliency_margin: float = 0.2
+    rank_tau: float = 0.5          # temperature of the rank-contrastive saliency loss
+    snce_temperature: float = 0.07
+    # --- training (AdamW on all parameters, one group; StepLR stepped once per epoch)
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    eval_batch_size: int = 1       # official: 1 (asserted); see note g
+    epochs: int = 150
+    lr_drop: int = 400             # >= epochs: the learning rate stays constant (note 9)
+    lr_gamma: float = 0.5
+    grad_clip: float = 0.1         # max total gradient norm
+    seed: int = 2024
+    eval_every: int = 1
+    best_metric: str = "MR-full-mAP"   # selected on the predictions without NMS, as official
+    nms_thd: float = 0.7           # the loop also writes NMS predictions (val_preds_nms.jsonl)
+    nms_kind: str = "zero"         # common.temporal_nms_zero: suppressed windows get score 0
+
+
+def default_config(dataset):
+    """The official per-dataset settings; dataset is "qvh", "charades", "tvsum" or "synthetic"."""
+    if dataset == "qvh":
+        return Config()
+    if dataset == "charades":
+        # scripts/charades_sta/train.sh: SlowFast + CLIP, 1-s clips, batch 128, lr 2.5e-4, 50
+        # epochs, lr_drop 50, SampledNCE 0.01, CAS 0.1, 32 words. Charades vids have no segment
+        # suffix. The official criterion is (R1@0.5 + R1@0.7) / 2 on the test split: the sum of
+        # the two keys ranks the epochs the same way.
+        return Config(batch_size=128, lr=2.5e-4, epochs=50, lr_drop=50, lw_sal=0.01,
+                      label_loss_coef=0.1, max_q_l=32, neg_strip_segment=False,
+                      best_metric="MR-full-R1@0.5+MR-full-R1@0.7")
+    if dataset == "tvsum":
+        # scripts/tvsum/train.sh + data/HD.py, one model per domain: a single stride-1 level, no
+        # boundary loss, the score heads trained with BCE against the saliency labels. The script
+        # defines kernel 5 / 2 convs / 3 MLP layers but never passes them, so config.py's defaults
+        # 3 / 3 / 3 ran; max_q_l -1 becomes a 100-row (unused) table. No NMS (no moments).
+        return Config(batch_size=4, lr=1e-3, weight_decay=0.05, epochs=600, lr_drop=3000,
+                      t2v_layers=2, num_dummies=3, kernel_size=3, num_conv_layers=3,
+                      num_mlp_layers=3, strides=(1,), mr_loss=False, snce_col=False, max_q_l=100,
+                      neg_strip_segment=False, nms_thd=-1.0, best_metric="mAP")
+    if dataset == "synthetic":
+        # The QVHighlights recipe with fewer epochs, for the CPU quick start. A training epoch
+        # (16 steps of 64) costs about what a TR-DETR synthetic epoch does (32 steps of 32: the
+        # negative pass doubles the fusion work); the batch-1 evaluation adds ~10 s per epoch.
+        return Config(epochs=20)
+    raise ValueError(f"flashvtg.py default_config: unknown dataset {dataset!r}; "
+                     f"expected one of 'qvh', 'charades', 'tvsum', 'synthetic'")
+
+
+def data_settings(dataset):
+    """Where the official FlashVTG loader preprocesses a dataset differently from data.py's
+    defaults (which follow Moment-DETR). train.py applies these to the DatasetSpec.
+
+      qvh: 40 query tokens (data.py: 32), and every ground-truth window becomes a target
+           (Moment-DETR's loader keeps at most 5: 3.6% of the QVHighlights train queries have more).
+    Charades-STA needs nothing (max_v_l unlimited is data.py's default too); the per-epoch redraw
+    of the saliency pairs and the Charades clip-length arithmetic stay as data.py does them
+    (module docstring, note h).
+    """
+    if dataset == "qvh":
+        return {"max_q_l": 40, "max_windows": 100}
+    return {}
+
+
+# The InternVideo2 rows of the paper (marked with a dagger in Tables 1, 3, 4; also Table 8).
+# Features: InternVideo2-6B clip features, 768-d per 2-s clip (QVH) or 1-s clip (Charades), + 2 tef
+# dims = video_dim 770; LLaMA token features, text_dim 4096. (Released by the authors on Hugging
+# Face: cg1177/qvhighlight_internvideo2_videoclip_6b_w2s; data.py does not read them yet.)
+IV2_VIDEO_DIM, IV2_TEXT_DIM = 768 + 2, 4096
+
+
+def internvideo2_config(dataset):
+    """The official InternVideo2 + LLaMA settings; build with video_dim=770, text_dim=4096.
+
+    "qvh": scripts/qv_internvideo2/train.sh + data/MR_16.py: five levels (strides 1..16), CAS loss
+        OFF (weight 0), evaluation every 5 epochs, selection on (R1@0.5 + R1@0.7) / 2, and vids
+        compared whole for negative pairs (dset_name qv_internvideo2). 11,393,049 parameters.
+    "charades": scripts/charades_sta_internvideo2/train.sh: batch 32, lr 1.5e-4, score heads with
+        kernel 7, 2 convs, 3 MLP layers, 23 words. 11,975,448 parameters.
+    """
+    if dataset == "qvh":
+        return Config(strides=(1, 2, 4, 8, 16), label_loss_coef=0.0, eval_every=5,
+                      neg_strip_segment=False, best_metric="MR-full-R1@0.5+MR-full-R1@0.7")
+    if dataset == "charades":
+        cfg = default_config("charades")
+        cfg.batch_size, cfg.lr, cfg.max_q_l = 32, 1.5e-4, 23
+        cfg.kernel_size, cfg.num_conv_layers, cfg.num_mlp_layers = 7, 2, 3
+        return cfg
+    raise ValueError(f"flashvtg.py internvideo2_config: {dataset!r} has no official InternVideo2 "
+                     f"run; expected 'qvh' or 'charades'")
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+class LinearLayer(nn.Module):
+    """LayerNorm -> Dropout -> Linear (-> ReLU): one layer of the input MLPs."""
+
+    def __init__(self, in_dim, out_dim, dropout, relu):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.relu = relu
+
+    def forward(self, x):
+        x = self.linear(self.dropout(self.norm(x)))
+        return F.relu(x) if self.relu else x
+
+
+def input_mlp(in_dim, hidden_dim, num_layers, dropout):
+    """The input projection: `num_layers` LinearLayers, ReLU after all but the last."""
+    dims = [in_dim] + [hidden_dim] * num_layers
+    return nn.Sequential(*[LinearLayer(dims[i], dims[i + 1], dropout, relu=i < num_layers - 1)
+                           for i in range(num_layers)])
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them; hidden width `hidden_dim`."""
+
+    def __init__(self, in_dim, hidden_dim, out_dim, num_layers):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a whole sample with probability p
+    and scale the kept ones by 1 / (1 - p). Identity at evaluation."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):                                    # x (B, ...)
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype,
+                                  device=x.device)).floor()   # 1 with probability `keep`
+        return x / keep * mask
+
+
+def clip_position_embedding(video_mask, dim):
+    """DETR's sine embedding of clip positions, normalised by each video's own length (B, Lv, dim).
+
+    Clip i of an n-clip video gets position 2*pi * i / n (i = 1..n); padded clips (on the right)
+    repeat the last one. Channels are [sin(p / T_0), cos(p / T_0), sin(p / T_1), ...] with
+    T_k = 10000^(2k / dim).
+    """
+    position = video_mask.float().cumsum(1)                           # (B, Lv): 1, 2, .., n, n, ..
+    position = position / (position[:, -1:] + 1e-6) * 2 * math.pi
+    k = torch.arange(dim, dtype=torch.float32, device=video_mask.device)
+    periods = 10000 ** (2 * (k // 2) / dim)                           # (dim,), pairs share a period
+    angles = position[..., None] / periods                            # (B, Lv, dim)
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+# ----------------------------------------------------------------------------- fusion
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer (positions added to queries and keys), PReLU FFN, DropPath
+    on both residual branches. Used by the dummy encoder and by the encoder after the ACA."""
+
+    def __init__(self, dim, nhead, dim_feedforward, dropout):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, nhead, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.activation = nn.PReLU()                         # learnable, one slope per layer
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path1 = DropPath(dropout)
+        self.drop_path2 = DropPath(dropout)
+
+    def forward(self, x, pos, pad):
+        q = k = x + pos
+        attended = self.self_attn(q, k, x, key_padding_mask=pad, need_weights=False)[0]
+        x = self.norm1(x + self.drop_path1(attended))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return self.norm2(x + self.drop_path2(ffn))
+
+
+class ACALayer(nn.Module):
+    """Adaptive cross-attention (CG-DETR's), Eq. (1)-(3) as the code computes it.
+
+    Clips are the queries; the keys are [encoded dummies; words], the values their contents. There
+    are no input projections: per head (32 channels each), the score of clip i for key j is
+    (v_i + pos_i) . (key_j + keypos_j) / sqrt(32). The softmax runs over dummies AND words, but the
+    output sums the words only: a clip unrelated to the query can put its attention on the dummies
+    and receive little text. Then a = v + out_proj(.), and an FFN as in QD-DETR's T2V layer.
+    Only the clips are updated; dummies and words pass through unchanged.
+    """
+
+    def __init__(self, dim, nhead, dim_feedforward, dropout, num_dummies, mask_bug=False):
+        super().__init__()
+        self.nhead, self.num_dummies, self.mask_bug = nhead, num_dummies, mask_bug
+        self.attn_dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out_proj.bias)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.activation = nn.PReLU()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path1 = DropPath(dropout)
+        self.drop_path2 = DropPath(dropout)
+
+    def forward(self, clips, clip_pos, keys, key_pos, clip_pad, key_pad):
+        """clips (B, Lv, d), keys (B, Ld + Lq, d) = [D~; words]; *_pad True on padding.
+        Returns the updated clips (B, Lv, d) and the head-averaged attention (B, Lv, Ld + Lq)."""
+        (B, Lv, d), Lk, H = clips.shape, keys.shape[1], self.nhead
+        hd = d // H
+        q = (clips + clip_pos) * hd ** -0.5                                         # Eq. (1)
+        q = q.view(B, Lv, H, hd).transpose(1, 2)                                   # (B, H, Lv, hd)
+        k = (keys + key_pos).view(B, Lk, H, hd).transpose(1, 2)                    # (B, H, Lk, hd)
+        v = keys.view(B, Lk, H, hd).transpose(1, 2)                                # (B, H, Lk, hd)
+        scores = q @ k.transpose(2, 3)                                             # (B, H, Lv, Lk)
+        if self.mask_bug:
+            # Note a: (padded clip, padded key) pairs, tiled head-major but read batch-major, so
+            # sample b, head h gets the mask of sample (b * H + h) mod B.
+            pairs = clip_pad[:, :, None] & key_pad[:, None, :]                     # (B, Lv, Lk)
+            source = (torch.arange(B, device=clips.device)[:, None] * H
+                      + torch.arange(H, device=clips.device)[None]) % B            # (B, H)
+            scores = scores.masked_fill(pairs[source], float("-inf"))
+        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1)                                           # Eq. (3)
+        dropped = self.attn_dropout(weights)
+        Ld = self.num_dummies
+        out = dropped[..., Ld:] @ v[:, :, Ld:]              # Eq. (2) words only (B, H, Lv, hd)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, Lv, d))                 # (B, Lv, d)
+        a = clips + self.drop_path1(out)
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(self.norm1(a)))))
+        return self.norm2(a + self.drop_path2(ffn)), weights.mean(1)               # (B, Lv, Lk)
+
+
+# ----------------------------------------------------------------------------- detection parts
+
+class TemporalFeatureLayering(nn.Module):
+    """The feature pyramid of Sec. 3.4 (R2-Tuning's ConvPyramid), applied to ReLU(F) (note 3).
+
+    Level with stride 1: ReLU(F) itself. Stride 2^p: its own p blocks of [Conv1d(kernel 2,
+    stride 2, no padding) -> LayerNorm -> ReLU], so its length is floor(Lv / 2^p). A level is
+    skipped when the video is shorter than its stride. Each level's mask is the max-pool of the
+    clip mask: a position is valid if any clip under it is.
+    """
+
+    def __init__(self, dim, strides):
+        super().__init__()
+        self.strides = tuple(strides)
+        self.branches = nn.ModuleList()
+        for s in self.strides:
+            p = int(math.log2(s))
+            if 2 ** p != s:
+                raise ValueError(f"flashvtg.py TemporalFeatureLayering: stride {s} is not a "
+                                 f"power of 2")
+            blocks = nn.ModuleList()
+            for _ in range(p):
+                blocks.append(nn.ModuleDict({"conv": nn.Conv1d(dim, dim, 2, stride=2),
+                                             "norm": nn.LayerNorm(dim)}))
+            self.branches.append(blocks)
+
+    def forward(self, feats, video_mask):
+        """feats (B, Lv, d) = ReLU(F), video_mask (B, Lv) bool.
+        Returns lists over the kept levels: features (B, L_k, d) and masks (B, L_k) bool."""
+        levels, masks = [], []
+        for s, blocks in zip(self.strides, self.branches):
+            if feats.shape[1] < s:
+                continue
+            x = feats
+            for block in blocks:
+                x = block["conv"](x.transpose(1, 2)).transpose(1, 2)   # (B, L / 2, d)
+                x = F.relu(block["norm"](x))
+            levels.append(x)                                           # (B, floor(Lv / s), d)
+            mask = video_mask.float()
+            if s > 1:
+                mask = F.max_pool1d(mask[:, None], s, stride=s)[:, 0]  # (B, floor(Lv / s))
+            masks.append(mask.bool())
+        return levels, masks
+
+
+class ScoreHead(nn.Module):
+    """The confidence scorer of ASR, Eq. (6) and (8): `num_conv` temporal convolutions (kernel k,
+    same length, ReLU after each), then an MLP to one logit per position (width d/2)."""
+
+    def __init__(self, dim, kernel_size, num_conv, num_mlp):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
+                                   for _ in range(num_conv))
+        self.mlp = MLP(dim, dim // 2, 1, num_mlp)
+
+    def forward(self, x):                                    # (B, N, d)
+        x = x.transpose(1, 2)                                # (B, d, N)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.mlp(x.transpose(1, 2))                   # (B, N, 1)
+
+
+class BoundaryHead(nn.Module):
+    """The moment head of Eq. (5) before exp(): Conv1d(k 3) -> ReLU -> Conv1d(k 3) to 2 channels
+    (distance to the start, distance to the end), shared by all levels."""
+
+    def __init__(self, dim, kernel_size=3):
+        super().__init__()
+        self.conv1 = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
+        self.conv2 = nn.Conv1d(dim, 2, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):                                    # (B, N, d)
+        x = self.conv2(F.relu(self.conv1(x.transpose(1, 2))))
+        return x.transpose(1, 2)                             # (B, N, 2)
+
+
+class AdaptivePooling(nn.Module):
+    """A query embedding for the SampledNCE loss: softmax(w . word) over the real words, then the
+    weighted sum of the words (B, Lq, d) -> (B, d)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.att = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, words, word_mask):
+        logits = self.att(words)[..., 0].masked_fill(~word_mask, float("-inf"))   # (B, Lq)
+        return (logits.softmax(dim=1)[..., None] * words).sum(1)                  # (B, d)
+
+
+def make_points(level_sizes, strides):
+    """Every candidate position of the pyramid, in clip units of level 1 (R2-Tuning's
+    PointGenerator, without the half-stride offset).
+
+    Level k with stride s_k and L_k positions gives the points t = 0, s_k, 2 s_k, ..., each as a row
+    [t, r_lo, r_hi, s_k]. (r_lo, r_hi) is the level's regression range: the largest of a point's
+    two distances to a moment's edges (in clips) must lie in it for the point to take that moment.
+    The ranges chain the strides: (0, s_2), (s_2, s_3), ..., (s_K, inf), all levels of the
+    configuration counted even when a short video skips the last ones.
+
+    Returns (P, 4) float, P = sum of level_sizes.
+    """
+    edges = [0.0] + [float(s) for s in strides[1:]] + [float("inf")]
+    rows = []
+    for k, size in enumerate(level_sizes):
+        s = float(strides[k])
+        t = torch.arange(size, dtype=torch.float32) * s
+        rows.append(torch.stack([t, torch.full_like(t, edges[k]), torch.full_like(t, edges[k + 1]),
+                                 torch.full_like(t, s)], dim=1))
+    return torch.cat(rows)
+
+
+def decode_windows(points, distances):
+    """Candidates -> (start, end) in clip units: start = t - d_s * s, end = t + d_e * s.
+    points (P, 4), distances (..., P, 2) -> (..., P, 2)."""
+    t, stride = points[:, 0], points[:, 3]
+    return torch.stack([t - distances[..., 0] * stride, t + distances[..., 1] * stride], dim=-1)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class FlashVTG(nn.Module):
+    """FlashVTG. forward(video_feats, video_mask, query_feats, query_mask, epoch=None) -> dict."""
+
+    def __init__(self, cfg, video_dim, text_dim):
+        super().__init__()
+        d = cfg.hidden_dim
+        if tuple(cfg.strides)[0] != 1:
+            raise ValueError("flashvtg.py FlashVTG: the first pyramid stride must be 1 (the CAS "
+                             f"loss reads level 1), got strides {cfg.strides}")
+        self.cfg = cfg
+        self.video_dim, self.text_dim = video_dim, text_dim
+        self.strides = tuple(cfg.strides)
+        self.input_vid_proj = input_mlp(video_dim, d, cfg.n_input_proj, cfg.input_dropout)
+        self.input_txt_proj = input_mlp(text_dim, d, cfg.n_input_proj, cfg.input_dropout)
+        self.token_type_embeddings = nn.Embedding(2, d)      # 0 = word, 1 = clip
+        nn.init.normal_(self.token_type_embeddings.weight, std=0.02)
+        self.dummy_tokens = nn.Parameter(torch.randn(cfg.num_dummies, d))
+        self.dummy_pos = nn.Parameter(torch.randn(cfg.num_dummies, d))
+        self.dummy_encoder = nn.ModuleList(
+            EncoderLayer(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
+            for _ in range(cfg.dummy_layers))
+        self.t2v_encoder = nn.ModuleList(
+            ACALayer(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.num_dummies,
+                     cfg.t2v_mask_bug) for _ in range(cfg.t2v_layers))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(d, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
+            for _ in range(cfg.enc_layers))
+        self.saliency_proj1 = nn.Linear(d, d)                # per clip, Eq. (4) W_1
+        self.saliency_proj2 = nn.Linear(d, d)                # global context, Eq. (4) W_2
+        self.pyramid = TemporalFeatureLayering(d, self.strides)
+        self.class_head = ScoreHead(d, cfg.kernel_size, cfg.num_conv_layers, cfg.num_mlp_layers)
+        self.conf_head = ScoreHead(d, cfg.kernel_size, cfg.num_conv_layers, cfg.num_mlp_layers)
+        self.x = nn.Parameter(torch.tensor(0.5))             # Eq. (9) intra/inter blend
+        self.coord_head = BoundaryHead(d)
+        self.coef = nn.Parameter(torch.ones(len(self.strides)))   # Eq. (5) C_k
+        self.pooling = AdaptivePooling(d)
+        # Never used (use_txt_pos is off): kept so that the parameter count is the official one.
+        # It gets no gradient, and AdamW skips parameters without one.
+        self.txt_position_embed = nn.ModuleDict({
+            "position_embeddings": nn.Embedding(cfg.max_q_l, d),
+            "LayerNorm": nn.LayerNorm(d)})
+        # The official Transformer (ACA + encoder, not the dummy encoder) re-draws every matrix.
+        for module in (self.t2v_encoder, self.encoder):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.trunc_normal_(p, std=0.02)
+
+    # --- fusion, shared by the matched pass and the negative (mismatched text) pass
+    def fuse(self, clips, clip_pos, video_pad, keys, key_pos, key_pad):
+        """ACA x t2v_layers, then the self-attention encoder, then the HD head.
+
+        Returns F (B, Lv, d), saliency (B, Lv) (Eq. 4) and t2v (B, Lv): each clip's attention to
+        the real words (dummies excluded), averaged over heads and ACA layers, clamped to [0, 1].
+        """
+        d = clips.shape[-1]
+        attn_sum = 0.0
+        for layer in self.t2v_encoder:
+            clips, attn = layer(clips, clip_pos, keys, key_pos, video_pad, key_pad)
+            attn_sum = attn_sum + attn
+        attn = attn_sum / len(self.t2v_encoder)                           # (B, Lv, Ld + Lq)
+        word_valid = (~key_pad[:, self.cfg.num_dummies:]).to(attn.dtype)  # (B, Lq)
+        t2v = (attn[..., self.cfg.num_dummies:] * word_valid[:, None]).sum(-1).clamp(0, 1)
+        for layer in self.encoder:
+            clips = layer(clips, clip_pos, video_pad)                     # F (B, Lv, d)
+        # Eq. (4): g is the mean over ALL Lv positions, padding included (as official).
+        context = self.saliency_proj2(clips.mean(1))                      # W_2 g (B, d)
+        saliency = (self.saliency_proj1(clips) * context[:, None]).sum(-1) / math.sqrt(d)
+        return clips, saliency, t2v
+
+    def forward(self, video_feats, video_mask, query_feats, query_mask, epoch=None):
+        """
+        Args:
+            video_feats: (B, Lv, video_dim) clip features, right-padded with zeros.
+            video_mask: (B, Lv) True on real clips.
+            query_feats: (B, Lq, text_dim) word features, right-padded.
+            query_mask: (B, Lq) True on real tokens.
+            epoch: accepted for the loop's contract; FlashVTG does the same thing at every epoch.
+        Returns a dict:
+            saliency (B, Lv): HD scores (raw, padding included); t2v (B, Lv): attention saliency;
+            logits (B, P): ASR confidence logits of every candidate (Eq. 9), P = sum of L_k;
+            distances (B, P, 2): (start, end) distances in strides (exp(.) * C_k, Eq. 5);
+            points (P, 4): [t, r_lo, r_hi, stride] per candidate (make_points);
+            point_mask (B, P) bool: the candidate lies on real clips (pooled level masks);
+            video_emb (B, Lv, d) = ReLU(F) and query_emb (B, d): for the SampledNCE loss;
+            video_mask, query_mask: booleans; max_num_moment: the Config's (for predict);
+            in training with B > 1 and use_neg: saliency_neg, t2v_neg (B, Lv) of every video
+            with the NEXT sample's text (the loss keeps the rows with a real negative).
+        """
+        video_mask, query_mask = self._check_inputs(video_feats, video_mask, query_feats, query_mask)
+        cfg, B = self.cfg, video_feats.shape[0]
+        video_pad = ~video_mask            # the one place where masks flip: padding = True
+
+        # --- input MLPs + token types; text has no position (use_txt_pos off)
+        clips = self.input_vid_proj(video_feats) + self.token_type_embeddings.weight[1]   # (B, Lv, d)
+        words = self.input_txt_proj(query_feats) + self.token_type_embeddings.weight[0]   # (B, Lq, d)
+        clip_pos = clip_position_embedding(video_mask, cfg.hidden_dim).to(clips.dtype)   # (B, Lv, d)
+
+        # --- dummy encoder: the dummies read the query, the words' outputs are discarded
+        dummies = self.dummy_tokens[None].expand(B, -1, -1)                     # (B, Ld, d)
+        dummy_pos = self.dummy_pos[None].expand(B, -1, -1)                      # (B, Ld, d)
+        key_pad = torch.cat([query_mask.new_zeros(B, cfg.num_dummies), ~query_mask], dim=1)
+        key_pos = torch.cat([dummy_pos, torch.zeros_like(words)], dim=1)        # (B, Ld + Lq, d)
+        tokens = torch.cat([dummies, words], dim=1)                             # (B, Ld + Lq, d)
+        for layer in self.dummy_encoder:
+            tokens = layer(tokens, key_pos, key_pad)
+        keys = torch.cat([tokens[:, :cfg.num_dummies], words], dim=1)  # Eq. (1) [D~; words]
+
+        # --- fusion + HD head (Sec. 3.3)
+        fused, saliency, t2v = self.fuse(clips, clip_pos, video_pad, keys, key_pos, key_pad)
+
+        # --- TFL (Sec. 3.4) on ReLU(F), note 3
+        video_emb = F.relu(fused)                                               # (B, Lv, d)
+        levels, level_masks = self.pyramid(video_emb, video_mask)
+        points = make_points([lv.shape[1] for lv in levels], self.strides).to(fused.device)
+
+        # --- ASR (Sec. 3.5): intra-scale per level, inter-scale over the concatenated levels
+        intra = torch.cat([self.class_head(lv) for lv in levels], dim=1)        # Eq. (6)-(7) (B, P, 1)
+        inter = self.conf_head(torch.cat(levels, dim=1))                        # Eq. (8) (B, P, 1)
+        logits = (self.x * intra + (1 - self.x) * inter)[..., 0]                # Eq. (9) (B, P)
+        # --- moment head, Eq. (5): distances in strides, exp() * C_k per level
+        distances = torch.cat([self.coord_head(lv).exp() * self.coef[k]
+                               for k, lv in enumerate(levels)], dim=1)          # (B, P, 2)
+
+        out = {
+            "saliency": saliency, "t2v": t2v, "logits": logits, "distances": distances,
+            "points": points, "point_mask": torch.cat(level_masks, dim=1),
+            "video_emb": video_emb, "query_emb": self.pooling(words, query_mask),
+            "video_mask": video_mask, "query_mask": query_mask,
+            "max_num_moment": cfg.max_num_moment,
+        }
+        # --- negative pairs: each video with the next sample's [D~; words] (note b)
+        if self.training and cfg.use_neg and B > 1:
+            roll = lambda x: torch.cat([x[1:], x[:1]])                          # noqa: E731
+            _, saliency_neg, t2v_neg = self.fuse(clips, clip_pos, video_pad, roll(keys),
+                                                 key_pos, roll(key_pad))
+            out["saliency_neg"], out["t2v_neg"] = saliency_neg, t2v_neg
+        return out
+
+    def _check_inputs(self, video_feats, video_mask, query_feats, query_mask):
+        where = "flashvtg.py FlashVTG.forward"
+        if video_feats.dim() != 3 or video_feats.shape[-1] != self.video_dim:
+            raise ValueError(f"{where}: video_feats must be (B, Lv, {self.video_dim}), "
+                             f"got {tuple(video_feats.shape)}")
+        if query_feats.dim() != 3 or query_feats.shape[-1] != self.text_dim:
+            raise ValueError(f"{where}: query_feats must be (B, Lq, {self.text_dim}), "
+                             f"got {tuple(query_feats.shape)}")
+        if tuple(video_mask.shape) != tuple(video_feats.shape[:2]):
+            raise ValueError(f"{where}: video_mask {tuple(video_mask.shape)} does not match "
+                             f"video_feats {tuple(video_feats.shape[:2])}")
+        if tuple(query_mask.shape) != tuple(query_feats.shape[:2]):
+            raise ValueError(f"{where}: query_mask {tuple(query_mask.shape)} does not match "
+                             f"query_feats {tuple(query_feats.shape[:2])}")
+        video_mask, query_mask = video_mask.bool(), query_mask.bool()
+        if not video_mask.any(1).all() or not query_mask.any(1).all():
+            raise ValueError(f"{where}: every sample needs at least one valid clip and one valid "
+                             f"token (the query pooling softmax would be NaN)")
+        return video_mask, query_mask
+
+
+# ----------------------------------------------------------------------------- label assignment
+
+def assign_targets(points, gt_windows, sample_radius=1.5):
+    """FCOS-style labels for every candidate of one video (R2-Tuning's BundleLoss.get_target).
+
+    Args:
+        points: (P, 4) rows [t, r_lo, r_hi, stride] (make_points), t in clips.
+        gt_windows: (n, 2) ground-truth [start, end] in clips (seconds / clip_len). n may be 0.
+        sample_radius: center sampling radius, in strides.
+    Returns:
+        labels (P,) float: 1 where the point takes a moment;
+        targets (P, 2): that moment's (t - start, end - t) / stride (meaningful where labels = 1).
+
+    Point (t, r_lo, r_hi, s) takes moment [g_s, g_e] if BOTH
+      - center sampling: max(c - r s, g_s) <= t <= min(c + r s, g_e), c = (g_s + g_e) / 2: the
+        point lies in the moment, near its center (within r strides);
+      - its level fits the moment: r_lo <= max(t - g_s, g_e - t) <= r_hi (bounds included);
+    and among the moments it could take it takes the shortest (the first one on an exact tie).
+    """
+    P = points.shape[0]
+    if gt_windows.numel() == 0:
+        return points.new_zeros(P), points.new_zeros(P, 2)
+    t, r_lo, r_hi, stride = points[:, 0:1], points[:, 1:2], points[:, 2:3], points[:, 3:4]  # (P, 1)
+    g_s, g_e = gt_windows[None, :, 0], gt_windows[None, :, 1]                                # (1, n)
+    to_start, to_end = t - g_s, g_e - t                                                      # (P, n)
+    center = (g_s + g_e) / 2
+    inside = (t >= torch.maximum(center - stride * sample_radius, g_s)) & \
+             (t <= torch.minimum(center + stride * sample_radius, g_e))                      # (P, n)
+    reach = torch.maximum(to_start, to_end)
+    fits = (reach >= r_lo) & (reach <= r_hi)                                                 # (P, n)
+    lengths = (g_e - g_s).expand(P, -1).masked_fill(~(inside & fits), float("inf"))          # (P, n)
+    shortest, chosen = lengths.min(dim=1)                                                    # (P,)
+    labels = torch.isfinite(shortest).to(points.dtype)
+    rows = torch.arange(P, device=points.device)
+    targets = torch.stack([to_start[rows, chosen], to_end[rows, chosen]], dim=1) / stride    # (P, 2)
+    return labels, targets
+
+
+def gt_windows_in_clips(span_targets, n_clips):
+    """batch["span_targets"] (n, 2) normalised (center, width) -> (n, 2) [start, end] in clips.
+
+    data.py normalises by n_clips * clip_len, so x n_clips gives seconds / clip_len, the official
+    units. Rounded to 1e-4 clip: float error must not move an edge across a point (note c)."""
+    spans = span_targets.double()
+    xx = torch.stack([spans[:, 0] - spans[:, 1] / 2, spans[:, 0] + spans[:, 1] / 2], dim=1)
+    return (torch.round(xx * n_clips * 1e4) / 1e4).float()
+
+
+# ----------------------------------------------------------------------------- losses
+
+def sampled_nce_loss(video_emb, query_emb, video_mask, saliency_labels, pos_clip,
+                     temperature=0.07, directions=("row", "col")):
+    """R2-Tuning's SampledNCE: the query must pick its best clip among the clips of its video (row)
+    and, at that clip index, its own video among the batch's videos (col).
+
+    sim[b, t] = cos(video_emb[b, t], query_emb[b]) / temperature. For row b the positive is clip
+    p_b = pos_clip[b] (the highest-saliency clip on QVH); clips labelled HIGHER than p_b, and
+    padding, are left out of the softmax (they are not negatives). The col direction reads column
+    p_b of every row (another video's own query vs. its clip p_b).
+
+    Args: video_emb (B, Lv, d), query_emb (B, d), video_mask (B, Lv) bool, saliency_labels (B, Lv),
+        pos_clip (B,) long.
+    """
+    rows = torch.arange(video_emb.shape[0], device=video_emb.device)
+    scale = min(1.0 / temperature, 100.0)                     # exp(log(1 / T)), capped at 100
+    pos_score = saliency_labels[rows, pos_clip][:, None]                              # (B, 1)
+    keep = (saliency_labels <= pos_score) & video_mask                                # (B, Lv)
+    sim = F.cosine_similarity(video_emb, query_emb[:, None], dim=-1) * scale          # (B, Lv)
+    sim = sim.masked_fill(~keep, float("-inf"))
+    loss = sim.new_zeros(())
+    if "row" in directions:
+        loss = loss - F.log_softmax(sim, dim=1)[rows, pos_clip].mean()
+    if "col" in directions:
+        loss = loss - F.log_softmax(sim.t(), dim=1)[pos_clip, rows].mean()           # over videos
+    return loss
+
+
+def clip_aware_score_loss(logits, saliency_labels):
+    """Eq. (10), as the code computes it: MSE between the min-max normalised level-1 logits and the
+    min-max normalised saliency labels, each normalised with the min and max of the WHOLE batch
+    (padding included, note 6). logits (B, Lv) = the first Lv candidates, saliency_labels (B, Lv)."""
+    def normalise(x):
+        span = x.max() - x.min()
+        if span == 0:                                 # all equal: official NaN, here 0 (note d)
+            return torch.zeros_like(x)
+        return (x - x.min()) / span
+    return F.mse_loss(normalise(logits), normalise(saliency_labels.to(logits.dtype)))
+
+
+def real_negative_rows(batch, batch_size, strip_segment, device):
+    """(B,) bool: row i is paired with row i+1's text AND row i+1 shows another video.
+
+    QVHighlights vids are "<youtube id>_<start>_<end>" (150-s segments); with strip_segment two
+    segments of one YouTube video count as the same video, as in the official 'hl' setting.
+    Batches without meta (hand-built tests) count every row as a different video."""
+    metas = batch.get("meta")
+    if metas is None:
+        return torch.full((batch_size,), batch_size > 1, device=device)
+    vids = [m["vid"] for m in metas]
+    if strip_segment:
+        vids = [v.rsplit("_", 2)[0] for v in vids]
+    rolled = vids[1:] + vids[:1]
+    return torch.tensor([a != b for a, b in zip(vids, rolled)], device=device)
+
+
+def saliency_composite_loss(outputs, batch, cfg):
+    """CG-DETR's saliency loss as FlashVTG runs it (note 7), on the HD scores s and on the clips'
+    attention to the words a (t2v):
+
+      main = hinge(s) + rank-contrastive(s) + neg-pair(s)
+      attn = rank-contrastive(a) + BCE(a, label > 0) + neg-pair(a) + hinge(a)
+      loss = main + lw_wattn * attn
+
+    Rows R with a real negative (the next sample's text, another video) add the mismatched
+    scores to their rank-contrastive softmax as label-0 clips and get the neg-pair term; the other
+    rows run the rank-contrastive loss on their own clips, except when there is exactly ONE such
+    row: the official code then adds a dimension too many and the term vanishes (~1e-6), and so
+    we drop it. The official attention part computes that second piece but adds it to the wrong
+    variable, so it is always dropped; we do the same. With no real negative in the batch both
+    parts run on every row without negatives.
+    """
+    s, a = outputs["saliency"], outputs["t2v"]
+    mask, labels = outputs["video_mask"], batch["saliency_all"].to(s.dtype)
+    pos, neg = batch["saliency_pos"], batch["saliency_neg"]
+    tau, margin = cfg.rank_tau, cfg.saliency_margin
+    if "saliency_neg" in outputs:
+        real = real_negative_rows(batch, len(s), cfg.neg_strip_segment, s.device)
+    else:
+        real = torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    other = ~real
+
+    main = saliency_margin_loss(s, pos, neg, margin)
+    attn = saliency_margin_loss(a, pos, neg, margin)
+    attn = attn + F.binary_cross_entropy(a.reshape(-1), labels.clamp(0, 1).reshape(-1))
+    if real.any():
+        s_neg, a_neg = outputs["saliency_neg"][real], outputs["t2v_neg"][real]
+        main = main + neg_pair_loss(s_neg, mask[real])                  # -log(1 - sigmoid(s_neg))
+        main = main + saliency_rank_contrastive_loss(s[real], labels[real], mask[real], tau, s_neg)
+        if other.sum() >= 2:
+            # Exactly one such row: the official code turns it into a (1, 1, Lv) tensor, so its
+            # softmax runs over a single element and the term is ~1e-6; we reproduce it as 0.
+            main = main + saliency_rank_contrastive_loss(s[other], labels[other], mask[other], tau)
+        # a_neg is already a probability: no sigmoid here.
+        attn = attn + (-torch.log1p(-a_neg) * mask[real]).sum(1).mean()
+        attn = attn + saliency_rank_contrastive_loss(a[real], labels[real], mask[real], tau, a_neg)
+    else:
+        main = main + saliency_rank_contrastive_loss(s, labels, mask, tau)
+        attn = attn + saliency_rank_contrastive_loss(a, labels, mask, tau)
+    return main + cfg.lw_wattn * attn
+
+
+class FlashVTGLoss(nn.Module):
+    """The total loss of Sec. 3.6 with the official weights (QVHighlights):
+
+        total = 1 * L1(boundaries) + 5 * focal(labels) + 0.1 * SampledNCE
+              + 0.8 * saliency composite + 4 * CAS
+
+    forward(outputs, batch, epoch=None) -> (total, terms): the terms are the WEIGHTED values as
+    floats, plus "loss_overall". Names as in the official log: loss_reg, loss_cls, loss_sal,
+    loss_saliency, loss_label. On TVSum (mr_loss False) there is no loss_reg and loss_cls is a BCE
+    of the logits against the raw saliency labels (0..12; targets above 1, as the official run).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, outputs, batch, epoch=None):
+        cfg = self.cfg
+        logits, point_mask = outputs["logits"], outputs["point_mask"]
+        video_mask = outputs["video_mask"]
+        labels_hd = batch["saliency_all"].to(logits.dtype)                       # (B, Lv) 0..12
+        Lv = video_mask.shape[1]
+        weight = point_mask.to(logits.dtype)                                     # (B, P)
+        terms = {}
+
+        if cfg.mr_loss:
+            # --- label assignment, one video at a time (its own GT windows, in clips)
+            n_clips = video_mask.sum(1).tolist()
+            assigned = [assign_targets(outputs["points"],
+                                       gt_windows_in_clips(spans, n).to(logits.device),
+                                       cfg.sample_radius)
+                        for spans, n in zip(batch["span_targets"], n_clips)]
+            cls_tgt = torch.stack([c for c, _ in assigned])                      # (B, P)
+            reg_tgt = torch.stack([r for _, r in assigned])                      # (B, P, 2)
+            positive = cls_tgt.bool()
+            # L1 in exp space on the positive points, averaged over 2 x #positives (note d)
+            if positive.any():
+                loss_reg = (outputs["distances"][positive] - reg_tgt[positive]).abs().sum() \
+                    / (2 * positive.sum())
+            else:
+                loss_reg = outputs["distances"].sum() * 0.0
+            terms["loss_reg"] = cfg.lw_reg * loss_reg
+            # focal loss (no alpha), averaged over the VALID points, not over the positives
+            focal = sigmoid_focal_loss(logits, cls_tgt, alpha=-1, gamma=2.0)
+            terms["loss_cls"] = cfg.lw_cls * (focal * weight).sum() / weight.sum()
+        else:
+            bce = F.binary_cross_entropy_with_logits(logits, labels_hd, weight=weight, reduction="sum")
+            terms["loss_cls"] = cfg.lw_cls * bce / weight.sum()
+
+        directions = ("row", "col") if cfg.snce_col else ("row",)
+        terms["loss_sal"] = cfg.lw_sal * sampled_nce_loss(
+            outputs["video_emb"], outputs["query_emb"], video_mask, labels_hd,
+            batch["saliency_pos"][:, 0], cfg.snce_temperature, directions)
+        terms["loss_saliency"] = cfg.lw_saliency * saliency_composite_loss(outputs, batch, cfg)
+        terms["loss_label"] = cfg.label_loss_coef * clip_aware_score_loss(logits[:, :Lv], labels_hd)
+
+        total = sum(terms.values())
+        logged = {k: v.detach().item() for k, v in terms.items()}
+        logged["loss_overall"] = total.detach().item()
+        return total, logged
+
+
+# ----------------------------------------------------------------------------- inference
+
+@torch.no_grad()
+def predict(outputs, video_mask, meta=None, max_num_moment=None):
+    """Moment windows and saliency from the model's outputs.
+
+    Every valid candidate is decoded (start = t - d_s s, end = t + d_e s, in clips), scored with
+    sigmoid(logit), and the `max_num_moment` (50) most confident are kept, best first (stable
+    sort). Windows are normalised to [0, 1] of the duration and clamped there: the official code
+    clamps to [0, duration] in seconds before post-processing.
+
+    Args:
+        outputs: the model's dict.
+        video_mask: (B, Lv) True on real clips.
+        meta: optional list of B dicts with "duration" (s) and "clip_len" (s). Given, a window in
+            clips is normalised exactly as the official code does (x clip_len / duration);
+            without it, by the clip count (exact whenever duration = n_clips * clip_len, i.e.
+            99% of QVHighlights).
+        max_num_moment: default: outputs["max_num_moment"] (Config, official 50).
+    Returns:
+        windows: list of B tensors (n_i, 3) [start, end, score]; saliency (B, Lv) (raw scores).
+    """
+    keep = outputs.get("max_num_moment", 50) if max_num_moment is None else max_num_moment
+    spans = decode_windows(outputs["points"], outputs["distances"].float())        # (B, P, 2)
+    scores = outputs["logits"].float().sigmoid()                                    # (B, P)
+    n_clips = video_mask.sum(1)
+    windows = []
+    for b in range(len(scores)):
+        valid = outputs["point_mask"][b]
+        if meta is not None:
+            span = spans[b, valid] * (meta[b]["clip_len"] / meta[b]["duration"])
+        else:
+            span = spans[b, valid] / n_clips[b]
+        score = scores[b, valid]
+        order = torch.sort(score, descending=True, stable=True).indices[:keep]
+        windows.append(torch.cat([span[order].clamp(0, 1), score[order, None]], dim=1))  # (n, 3)
+    return windows, outputs["saliency"]
+
+
+def build(cfg, video_dim, text_dim):
+    """The model and its loss, as train.py builds every model: (FlashVTG, FlashVTGLoss)."""
+    return FlashVTG(cfg, video_dim, text_dim), FlashVTGLoss(cfg)
