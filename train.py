@@ -27,8 +27,12 @@ at any moment never leaves a half-written checkpoint, prediction or metrics file
 
 The model files all follow one contract (see trdetr.py): `Config`, `default_config(dataset)`,
 `build(cfg, video_dim, text_dim) -> (model, loss)`, `model(video_feats, video_mask, query_feats,
-query_mask) -> outputs`, `loss(outputs, batch) -> (total, terms)` and `predict(outputs, video_mask)
--> (windows, saliency)`. This loop knows nothing else about them.
+query_mask, epoch=None) -> outputs`, `loss(outputs, batch, epoch=None) -> (total, terms)` and
+`predict(outputs, video_mask) -> (windows, saliency)`; `epoch` is the 0-based training epoch (None
+at standalone inference). Optional: `data_settings(dataset)` (DatasetSpec fields the model's
+official loader sets differently), `pretrain_config(cfg)` (its pretraining recipe), and the Config
+fields `ema_decay`, `nms_thd`, `nms_kind`, `lr_gamma` that this loop reads when present. It knows
+nothing else about them.
 """
 
 import argparse
@@ -48,12 +52,15 @@ from tqdm import tqdm
 
 import common
 import data
+import flashvtg
 import metrics
 import taskweave
 import trdetr
+import videolights
 
 # The models this loop can train: a plain dict of modules that follow the contract above.
-MODELS = {"trdetr": trdetr, "taskweave": taskweave}
+MODELS = {"trdetr": trdetr, "taskweave": taskweave, "videolights": videolights,
+          "flashvtg": flashvtg}
 
 # The official PostProcessorDETR clamps every predicted window to [0, 150] s (QVHighlights' video
 # length) before rounding it to the clip grid; VideoLights and FlashVTG keep the same clamp for
@@ -88,6 +95,14 @@ def parse_args(argv=None):
                    help="feature root of the dataset (default: features/<data>)")
     p.add_argument("--anno-dir", default=None,
                    help="directory of the annotation files (default: the feature root)")
+    p.add_argument("--layout", default=None, choices=data.LAYOUTS,
+                   help="feature release layout under --feat-root (default: detected from what "
+                        "is on disk; README: Getting the features)")
+    p.add_argument("--video-feats", default=None, metavar="A,B",
+                   help="video feature streams, concatenated in the official order (default: "
+                        "slowfast,clip; TVSum i3d); e.g. slowfast,clip,blip for VideoLights-B")
+    p.add_argument("--text-feats", default=None, metavar="A,B",
+                   help="text feature streams (default: clip); clip,blip for VideoLights-B")
     p.add_argument("--domain", default=None, choices=data.TVSUM_DOMAINS,
                    help="TVSum only: one domain (e.g. BK); default: all 10, one run each")
     p.add_argument("--results-dir", default=None,
@@ -115,7 +130,8 @@ def parse_args(argv=None):
                    help="pretrain on this corpus (official pretraining jsonl: query + one window "
                         "per line, e.g. VideoLights' pre_train_blip.jsonl) instead of the train "
                         "split, with the model's pretraining recipe; evaluation stays on the "
-                        "dataset's eval split. Then fine-tune with --init")
+                        "dataset's eval split. 'synthetic' generates a small corpus in that "
+                        "format (with --data synthetic). Then fine-tune with --init")
     p.add_argument("--pretrain-feat-root", default=None, metavar="DIR",
                    help="feature root of the pretraining corpus (default: --feat-root)")
     p.add_argument("--init", default=None, metavar="CKPT",
@@ -271,6 +287,17 @@ def score(rows, dataset, data_name):
     return metrics.evaluate_qvh(rows, dataset.annotations)   # qvh and synthetic share the metric
 
 
+def selection_score(brief, best_metric):
+    """The number that picks the best checkpoint: one brief key, or a sum of keys joined by "+"
+    (FlashVTG selects Charades-STA epochs on R1@0.5 + R1@0.7)."""
+    keys = best_metric.split("+")
+    missing = [k for k in keys if k not in brief]
+    if missing:
+        raise SystemExit(f"best_metric {best_metric!r}: {missing} not among the metrics "
+                         f"({', '.join(brief)})")
+    return sum(brief[k] for k in keys)
+
+
 def apply_nms(rows, cfg):
     """The submission lines after non-maximum suppression of their (post-processed) windows.
 
@@ -388,7 +415,8 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     else:
         metrics.write_json_atomic(os.path.join(results_dir, "config.json"), {
             "model": args.model, "data": args.data, "domain": domain, "feat_root": str(feat_root),
-            "pretrain": args.pretrain, "init": args.init,
+            "pretrain": args.pretrain, "init": args.init, "layout": spec.layout,
+            "streams": {"video": args.video_feats, "text": args.text_feats},
             "config": dataclasses.asdict(cfg), "trainable_parameters": count_parameters(model)})
     where = f"{args.data}" + (f"/{domain}" if domain else "")
     print(f"{args.model} on {where}: {len(datasets['train'])} train / {len(some)} {eval_split} "
@@ -436,7 +464,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                                  show, epoch=epoch - 1)
             timing["predict_seconds"] = time.time() - t1
             result = score(rows, datasets[eval_split], args.data)
-            value = result["brief"][cfg.best_metric]
+            value = selection_score(result["brief"], cfg.best_metric)
             log_line(results_dir, f"eval epoch {epoch} " + json.dumps(result["brief"]))
             if uses_nms(cfg, args.data):
                 nms_rows = apply_nms(rows, cfg)
@@ -448,6 +476,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                 best = {"score": value, "epoch": epoch, "brief": result["brief"]}
                 save_atomic({"model": eval_model.state_dict(), "epoch": epoch, "model_name": args.model,
                              "data": args.data, "domain": domain,
+                             "streams": {"video": args.video_feats, "text": args.text_feats},
                              "config": dataclasses.asdict(cfg)},
                             os.path.join(results_dir, "best.ckpt"))
                 metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds.jsonl"), rows)
@@ -472,6 +501,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                      "ema": ema_model.state_dict() if ema_model is not None else None,
                      "epoch": epoch, "best": best, "model_name": args.model, "data": args.data,
                      "pretrain": args.pretrain,
+                     "streams": {"video": args.video_feats, "text": args.text_feats},
                      "domain": domain, "config": dataclasses.asdict(cfg)},
                     os.path.join(results_dir, "last.ckpt"))
 
@@ -653,7 +683,6 @@ def main(argv=None):
     if args.compare:
         return compare(args)
     module = MODELS[args.model]
-    spec = data.dataset_spec(args.data)
 
     checkpoint = None
     if args.resume:
@@ -663,8 +692,11 @@ def main(argv=None):
         if checkpoint.get("model_name") != args.model or checkpoint.get("data") != args.data:
             raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
-        # A resumed pretraining run goes on with its corpus.
+        # A resumed run goes on with its pretraining corpus and its feature streams.
         args.pretrain = args.pretrain or checkpoint.get("pretrain")
+        streams = checkpoint.get("streams") or {}
+        args.video_feats = args.video_feats or streams.get("video")
+        args.text_feats = args.text_feats or streams.get("text")
     elif args.eval_only:
         raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
     if (args.plot or args.plot_qids or args.test_gt) and not args.eval_only:
@@ -676,6 +708,20 @@ def main(argv=None):
         raise SystemExit("--pretrain: the pretraining corpora are QVHighlights / Charades-STA style")
     cfg = build_config(module, args, checkpoint["config"] if checkpoint else None)
 
+    feat_root = args.feat_root or os.path.join("features", args.data)
+    try:
+        # --summary reads no file, so it does not look for the layout either.
+        spec = data.dataset_spec(args.data, None if args.summary else feat_root, args.layout,
+                                 args.video_feats, args.text_feats)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if hasattr(module, "data_settings"):
+        # The model's official loader preprocesses this dataset differently (e.g. VideoLights cuts
+        # Charades-STA videos at 75 clips): same files, other cuts/normalisation.
+        spec = dataclasses.replace(spec, **module.data_settings(args.data))
+    args.video_feats = ",".join(s.name for s in spec.video_streams)     # recorded in checkpoints
+    args.text_feats = ",".join(s.name for s in spec.text_streams)
+
     if args.summary:
         video_dim, text_dim = spec.video_dim, spec.text_dim     # from the spec alone: no file read
         model, _ = module.build(cfg, video_dim, text_dim)
@@ -684,12 +730,17 @@ def main(argv=None):
         print(f"trainable parameters: {count_parameters(model)}")
         return 0
 
-    feat_root = args.feat_root or os.path.join("features", args.data)
+    blip = any(s.name == "blip" for s in spec.video_streams + spec.text_streams)
     if args.data == "synthetic" and (args.feat_root is None or not os.path.isfile(
             os.path.join(feat_root, data.SYNTHETIC_MARKER))):
         # Generated on first use (seconds). A set you generated yourself under --feat-root (e.g.
         # `python data.py synthetic --out DIR` with other sizes) is used as it is.
-        data.ensure_synthetic(feat_root, progress=not args.no_progress)
+        data.ensure_synthetic(feat_root, progress=not args.no_progress, blip=blip)
+    if args.pretrain == "synthetic":
+        if args.data != "synthetic":
+            raise SystemExit("--pretrain synthetic goes with --data synthetic")
+        args.pretrain = data.ensure_synthetic_pretrain(feat_root, blip=blip,
+                                                       progress=not args.no_progress)
 
     if args.results_dir:
         results_dir = args.results_dir
