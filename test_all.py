@@ -1956,21 +1956,6 @@ def test_taskweave_train_end_to_end_on_synthetic(tmp_path, monkeypatch, taskweav
 # data.py: both feature releases (Moment-DETR / lighthouse layouts), any number of streams, the pretraining corpus
 # ==================================================================================================
 
-def _d2_npz(path, **arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-
-
-def _d2_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _d2_norm(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)
-
-
 # The folder names of each layout (data.py module docstring), written here by hand on purpose.
 _D2_DIRS = {
     "moment_detr": {"slowfast": "slowfast_features", "clip": "clip_features",
@@ -1984,10 +1969,10 @@ def _d2_clip_tree(root, layout, videos, texts):
     """SlowFast + CLIP video and CLIP text files (QVH / Charades) in one layout."""
     dirs = _D2_DIRS[layout]
     for vid, (sf, cl) in videos.items():
-        _d2_npz(root / dirs["slowfast"] / f"{vid}.npz", features=sf)
-        _d2_npz(root / dirs["clip"] / f"{vid}.npz", features=cl)
+        _data_npz(root / dirs["slowfast"] / f"{vid}.npz", features=sf)
+        _data_npz(root / dirs["clip"] / f"{vid}.npz", features=cl)
     for qid, t in texts.items():
-        _d2_npz(root / dirs["text"] / f"qid{qid}.npz", last_hidden_state=t)
+        _data_npz(root / dirs["text"] / f"qid{qid}.npz", last_hidden_state=t)
 
 
 def _d2_qvh_arrays(rng):
@@ -2034,10 +2019,10 @@ def test_qvh_both_layouts_give_identical_tensors(tmp_path):
     videos, texts, rows = _d2_qvh_arrays(np.random.default_rng(0))
     official, light = tmp_path / "qvh", tmp_path / "lighthouse" / "features" / "QVHighlight"
     _d2_clip_tree(official, "moment_detr", videos, texts)
-    _d2_jsonl(official / "highlight_train_release.jsonl", rows)
+    _data_write_jsonl(official / "highlight_train_release.jsonl", rows)
     _d2_clip_tree(light, "lighthouse", videos, texts)
     anno = tmp_path / "lighthouse" / "data" / "qvhighlight"       # lighthouse keeps them in its repo
-    _d2_jsonl(anno / "highlight_train_release.jsonl", rows)
+    _data_write_jsonl(anno / "highlight_train_release.jsonl", rows)
     spec_o, spec_l = data.dataset_spec("qvh", official), data.dataset_spec("qvh", light)
     assert spec_o.layout == "moment_detr" and spec_l.layout == "lighthouse"
     assert spec_l.layout_note.startswith("detected: found slowfast/, clip/, clip_text/")
@@ -2047,7 +2032,7 @@ def test_qvh_both_layouts_give_identical_tensors(tmp_path):
     _d2_same_datasets(a, b)
     assert a.videos["v1"].shape == (75, 2818) and a.videos["v2"].shape == (59, 2818)
     # the columns really are SlowFast | CLIP | tef, whatever the layout
-    sf = _d2_norm(videos["v2"][0].astype(np.float64)[:75])[:59]
+    sf = _data_normalize(videos["v2"][0].astype(np.float64)[:75])[:59]
     np.testing.assert_allclose(b.videos["v2"][:, :2304].numpy(), sf, atol=1e-6)
     # a dataset name instead of a spec detects the layout too
     c = data.load_dataset("qvh", light, "train", anno_dir=anno, progress=False)
@@ -2069,11 +2054,11 @@ def test_charades_both_layouts_and_lighthouse_annotation_names(tmp_path):
              "relevant_windows": [[24.3, 30.4]]}]
     official, light = tmp_path / "charades", tmp_path / "Charades"
     _d2_clip_tree(official, "moment_detr", videos, texts)
-    _d2_jsonl(official / "charades_sta_train_tvr_format.jsonl", train)
-    _d2_jsonl(official / "charades_sta_test_tvr_format.jsonl", test)
+    _data_write_jsonl(official / "charades_sta_train_tvr_format.jsonl", train)
+    _data_write_jsonl(official / "charades_sta_test_tvr_format.jsonl", test)
     _d2_clip_tree(light, "lighthouse", videos, texts)
-    _d2_jsonl(light / "charades_train_release.jsonl", train)     # lighthouse's names, accepted
-    _d2_jsonl(light / "charades_test_release.jsonl", test)
+    _data_write_jsonl(light / "charades_train_release.jsonl", train)     # lighthouse's names, accepted
+    _data_write_jsonl(light / "charades_test_release.jsonl", test)
     for split in ("train", "test", "val"):                       # "val" = the test file, both ways
         a = data.load_dataset("charades", official, split, progress=False)
         b = data.load_dataset("charades", light, split, progress=False)
@@ -2095,12 +2080,12 @@ def test_tvsum_both_layouts_give_identical_tensors(tmp_path):
             (root / dirs["i3d"]).mkdir(parents=True, exist_ok=True)
             np.save(root / dirs["i3d"] / f"{vid}_rgb.npy", rgb)
             np.save(root / dirs["i3d"] / f"{vid}_opt.npy", opt)
-            _d2_npz(root / dirs["tvsum_text"] / f"{vid}.npz", token=token, text=token[:1])
+            _data_npz(root / dirs["tvsum_text"] / f"{vid}.npz", token=token, text=token[:1])
         rows.append({"qid": vid, "query": f"title {i}", "duration": n, "vid": vid,
                      "relevant_clip_ids": None, "relevant_windows": None,
                      "label": rng.integers(1, 6, size=(n, 20)).tolist(), "domain": "BK"})
-    _d2_jsonl(official / "tvsum_train.jsonl", rows)
-    _d2_jsonl(light / "tvsum_train_release.jsonl", rows)         # lighthouse's name
+    _data_write_jsonl(official / "tvsum_train.jsonl", rows)
+    _data_write_jsonl(light / "tvsum_train_release.jsonl", rows)         # lighthouse's name
     a = data.load_dataset("tvsum", official, "train", domain="BK", progress=False)
     b = data.load_dataset("tvsum", light, "train", domain="BK", progress=False)
     assert (a.spec.layout, b.spec.layout) == ("moment_detr", "lighthouse")
@@ -2115,7 +2100,7 @@ def test_explicit_layout_wrong_layout_hint_and_ambiguous_tree(tmp_path):
     videos, texts, rows = _d2_qvh_arrays(np.random.default_rng(3))
     light = tmp_path / "features" / "QVHighlight"
     _d2_clip_tree(light, "lighthouse", videos, texts)
-    _d2_jsonl(light / "highlight_train_release.jsonl", rows)
+    _data_write_jsonl(light / "highlight_train_release.jsonl", rows)
     # explicit layout, no feature root: the folder names of that layout
     spec = data.dataset_spec("qvh", layout="lighthouse")
     assert spec.layout == "lighthouse" and spec.layout_note == "given"
@@ -2135,7 +2120,7 @@ def test_explicit_layout_wrong_layout_hint_and_ambiguous_tree(tmp_path):
     spec = data.dataset_spec("qvh", tmp_path / "features")
     assert spec.layout == "moment_detr" and "QVHighlight looks like the dataset's folder" in spec.layout_note
     # both layouts under one root: ambiguous, say so
-    _d2_npz(light / "clip_features" / "v1.npz", features=videos["v1"][1])
+    _data_npz(light / "clip_features" / "v1.npz", features=videos["v1"][1])
     with pytest.raises(data.FeatureError, match="both layouts"):
         data.dataset_spec("qvh", light)
     assert data.dataset_spec("qvh", light, layout="lighthouse").layout == "lighthouse"
@@ -2147,7 +2132,7 @@ def test_half_populated_lighthouse_tree_is_a_clear_error_and_check_names_it(tmp_
     videos, texts, rows = _d2_qvh_arrays(np.random.default_rng(4))
     root = tmp_path / "qvhighlight"
     _d2_clip_tree(root, "lighthouse", videos, texts)
-    _d2_jsonl(root / "highlight_train_release.jsonl", rows)
+    _data_write_jsonl(root / "highlight_train_release.jsonl", rows)
     for f in (root / "slowfast").iterdir():
         f.unlink()
     (root / "slowfast").rmdir()
@@ -2185,29 +2170,29 @@ def test_three_video_and_two_text_streams_concatenated_exactly(tmp_path):
         raw[vid] = [rng.normal(size=(n, d)).astype(np.float16)
                     for n, d in ((n_sf, 2304), (n_cl, 512), (n_bl, 768))]
         for dirname, array in zip(("slowfast_features", "clip_features", "blip_video_features"), raw[vid]):
-            _d2_npz(root / dirname / f"{vid}.npz", features=array)
+            _data_npz(root / dirname / f"{vid}.npz", features=array)
     tokens = {0: (40, 20), 1: (12, 15)}                           # CLIP, BLIP token counts
     raw_text = {}
     for qid, (n_clip, n_blip) in tokens.items():
         raw_text[qid] = (rng.normal(size=(n_clip, 512)).astype(np.float16),
                          rng.normal(size=(n_blip, 768)).astype(np.float16))
-        _d2_npz(root / "clip_text_features" / f"qid{qid}.npz", last_hidden_state=raw_text[qid][0])
-        _d2_npz(root / "blip_aug_text_features_openai" / f"qid{qid}.npz",
+        _data_npz(root / "clip_text_features" / f"qid{qid}.npz", last_hidden_state=raw_text[qid][0])
+        _data_npz(root / "blip_aug_text_features_openai" / f"qid{qid}.npz",
                 last_hidden_state=raw_text[qid][1])
-    _d2_jsonl(root / "highlight_val_release.jsonl", _d2_qvh_arrays(rng)[2])
+    _data_write_jsonl(root / "highlight_val_release.jsonl", _d2_qvh_arrays(rng)[2])
     spec = data.dataset_spec("qvh", root, video_feats="slowfast,clip,blip", text_feats=["clip", "blip"])
     assert spec.video_dim == 2304 + 512 + 768 + 2 == 3586 and spec.text_dim == 1280
     ds = data.load_dataset(spec, root, "val", progress=False)
     for vid, n in (("v1", 75), ("v2", 58)):
         # by hand: cut to max_v_l 75, normalise each stream, cut all to the shortest, SF|CLIP|BLIP|tef
-        parts = [_d2_norm(a.astype(np.float64)[:75])[:n] for a in raw[vid]]
+        parts = [_data_normalize(a.astype(np.float64)[:75])[:n] for a in raw[vid]]
         tef = np.stack([np.arange(n) / n, (np.arange(n) + 1) / n], axis=1)
         expected = np.concatenate(parts + [tef], axis=1)
         assert ds.videos[vid].shape == (n, 3586)
         np.testing.assert_allclose(ds.videos[vid].numpy(), expected, atol=1e-6)
     for qid, n in ((0, 20), (1, 12)):
         # by hand: each cut to max_q_l 32 and normalised, both cut to the shorter, glued per token
-        clip, blip = (_d2_norm(a.astype(np.float64)[:32]) for a in raw_text[qid])
+        clip, blip = (_data_normalize(a.astype(np.float64)[:32]) for a in raw_text[qid])
         expected = np.concatenate([clip[:n], blip[:n]], axis=1)
         assert ds.texts[qid].shape == (n, 1280)
         np.testing.assert_allclose(ds.texts[qid].numpy(), expected, atol=1e-6)
@@ -2314,8 +2299,8 @@ def test_pretrain_corpus_first_window_binary_labels(tmp_path):
     line = {"qid": "hand_1", "query": "q", "vid": vid, "duration": 120,
             "relevant_windows": [[16.0, 32.0], [100, 110]]}
     for dirname, dim in (("clip_text_features", 64), ("blip_aug_text_features_openai", 48)):
-        _d2_npz(root / dirname / "qidhand_1.npz", last_hidden_state=np.ones((5, dim), np.float16))
-    _d2_jsonl(root / "pre_train_hand.jsonl", [line])
+        _data_npz(root / dirname / "qidhand_1.npz", last_hidden_state=np.ones((5, dim), np.float16))
+    _data_write_jsonl(root / "pre_train_hand.jsonl", [line])
     hand = data.load_pretrain_dataset(spec, root / "pre_train_hand.jsonl", root, progress=False)
     random.seed(1)
     for _ in range(10):
@@ -2330,7 +2315,7 @@ def test_pretrain_corpus_first_window_binary_labels(tmp_path):
         assert torch.allclose(item["span_targets"], torch.tensor([[24 / 150, 16 / 150], [105 / 150, 10 / 150]]))
     assert hand.annotations == [line]
     # a line without windows is a clear error naming file and line
-    _d2_jsonl(root / "pre_train_bad.jsonl", [line, {k: v for k, v in line.items() if k != "relevant_windows"}])
+    _data_write_jsonl(root / "pre_train_bad.jsonl", [line, {k: v for k, v in line.items() if k != "relevant_windows"}])
     with pytest.raises(data.FeatureError, match=r"pre_train_bad.jsonl:2: missing field 'relevant_windows'"):
         data.load_pretrain_dataset(spec, root / "pre_train_bad.jsonl", root, progress=False)
 
