@@ -3019,3 +3019,28 @@ def test_flashvtg_train_end_to_end(tmp_path, monkeypatch):
         assert scores == sorted(scores, reverse=True)
     gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
     assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+
+
+def test_videolights_B_pretrain_then_finetune_on_a_synthetic_corpus(tmp_path, videolights_one_thread):
+    # The -B-pt path end to end: BLIP-2-like extra streams, pretraining on a caption corpus in the
+    # official format with the official pretraining recipe, then a weights-only fine-tune.
+    root = tmp_path / "syn"
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8, blip=True)
+    small = [x for k, v in VL_SMALL.items() for x in ("--set", f"{k}={v}")]
+    common_args = ["--model", "videolights", "--data", "synthetic", "--feat-root", str(root),
+                   "--no-progress", "--epochs", "1", "--video-feats", "slowfast,clip,blip",
+                   "--text-feats", "clip,blip", "--set", "enc_layers=1", *small]
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert train.main(common_args + ["--results-dir", str(pre), "--pretrain", "synthetic"]) == 0
+    config = json.loads((pre / "config.json").read_text())
+    assert config["config"]["batch_size"] == 256 and config["config"]["align_loss_coef"] == 0.01
+    assert config["streams"] == {"video": "slowfast,clip,blip", "text": "clip,blip"}
+    corpus = metrics.read_jsonl(config["pretrain"])
+    assert len(corpus) == 100 * 15 and all(len(r["relevant_windows"]) == 1 for r in corpus)
+    assert "eval epoch 1" in (pre / "log.txt").read_text()
+    assert train.main(common_args + ["--results-dir", str(fine), "--batch-size", "8",
+                                     "--init", str(pre / "best.ckpt")]) == 0
+    config = json.loads((fine / "config.json").read_text())
+    assert config["init"] == str(pre / "best.ckpt")
+    assert config["config"]["align_loss_coef"] == videolights.default_config("synthetic").align_loss_coef
+    assert (fine / "metrics.json").is_file()
