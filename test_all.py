@@ -3044,3 +3044,25 @@ def test_videolights_B_pretrain_then_finetune_on_a_synthetic_corpus(tmp_path, vi
     assert config["init"] == str(pre / "best.ckpt")
     assert config["config"]["align_loss_coef"] == videolights.default_config("synthetic").align_loss_coef
     assert (fine / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
+                    reason="../shared/realdata/tvsum (real TVSum features) not present")
+@pytest.mark.parametrize("model_name", ["taskweave", "videolights", "flashvtg"])
+def test_every_model_trains_one_tvsum_domain_on_the_real_features(tmp_path, model_name):
+    # Each model's official TVSum recipe (highlight detection only, one domain) through the loop,
+    # for 2 epochs at a small width; the score is the official top-5 mAP of the saved predictions.
+    run_dir = tmp_path / model_name
+    small = ["--set", "hidden_dim=32", "--set", "nheads=4", "--set", "dim_feedforward=64"]
+    assert train.main(["--model", model_name, "--data", "tvsum", "--domain", "GA", "--no-progress",
+                       "--feat-root", str(SHARED / "realdata" / "tvsum"), "--results-dir",
+                       str(run_dir), "--epochs", "2", "--eval-every", "1", *small]) == 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["domain"] == "GA" and saved["best_metric"] == "mAP"
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["batch_size"] == 4 and config["lr"] == 1e-3        # every official TVSum script
+    (row,) = metrics.read_jsonl(run_dir / "val_preds.jsonl")
+    gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_val.jsonl")
+          if a["domain"] == "GA"]
+    assert len(row["pred_saliency_scores"]) == len(gt[0]["label"])
+    assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
