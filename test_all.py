@@ -1600,7 +1600,7 @@ def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
 def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_path):
     root = _tiny_synthetic(tmp_path / "syn")
     out = tmp_path / "cmp"
-    args = ["--compare", "--models", "trdetr", "--data", "synthetic", "--feat-root", str(root),
+    args = ["--compare", "--models", "trdetr,flashvtg", "--data", "synthetic", "--feat-root", str(root),
             "--results-dir", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress",
             *SMALL_MODEL]
     assert train.main(args) == 0
@@ -1616,6 +1616,9 @@ def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_p
     assert cells[0] == "trdetr" and cells[1] == f"{timing['trainable_parameters']:,}"
     assert cells[2] == "1" and cells[3] == "1"
     assert cells[7] == f"{brief['MR-full-R1@0.5']:.2f}"
+    # One row per model, in the order asked; FlashVTG (no DETR, NMS files) fits the same table.
+    assert [row.split("|")[1].strip() for row in table[4:]] == ["trdetr", "flashvtg"]
+    assert (out / "flashvtg" / "metrics_nms.json").is_file()
     # A second call reuses the finished run instead of training again.
     stamp = (out / "trdetr" / "timing.json").stat().st_mtime_ns
     assert train.main(args) == 0
