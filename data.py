@@ -706,6 +706,22 @@ def qvh_labels(ann, ctx_l, spec):
                 relevant_mask=relevant)
 
 
+def _window_pairs(first, last, ctx_l):
+    """The official window-only labels (get_saliency_labels_sub_as_query) for clips first..last
+    (inclusive): 2 random positive clips inside the window (the one clip twice if it is a single
+    clip), 2 random negatives outside (the positives again when fewer than 2 clips are outside),
+    and a 0/1 per-clip saliency. Drawn with Python's random, positives first, as the official code."""
+    if first != last:
+        pos = random.sample(range(first, last + 1), k=2)
+    else:
+        pos = [first, first]
+    neg_pool = list(range(0, first)) + list(range(last + 1, ctx_l))
+    neg = random.sample(neg_pool, k=2) if len(neg_pool) >= 2 else list(pos)
+    saliency_all = torch.zeros(ctx_l)
+    saliency_all[first:last + 1] = 1.0
+    return pos, neg, saliency_all
+
+
 def window_labels(ann, ctx_l, spec):
     """Charades-STA labels from its single window (no clip ids, no scores in the annotations).
 
@@ -733,14 +749,7 @@ def window_labels(ann, ctx_l, spec):
     first = int(st / spec.clip_len)
     last = max(0, min(int(ed / spec.clip_len), ctx_l) - 1)
     first = min(first, last)
-    if first != last:
-        pos = random.sample(range(first, last + 1), k=2)
-    else:
-        pos = [first, first]
-    neg_pool = list(range(0, first)) + list(range(last + 1, ctx_l))
-    neg = random.sample(neg_pool, k=2) if len(neg_pool) >= 2 else list(pos)
-    saliency_all = torch.zeros(ctx_l)
-    saliency_all[first:last + 1] = 1.0
+    pos, neg, saliency_all = _window_pairs(first, last, ctx_l)
     mask_first = math.floor(st / spec.clip_len)
     mask_end = max(math.ceil(ed / spec.clip_len), mask_first + 1)        # exclusive
     relevant = torch.zeros(ctx_l)
@@ -788,14 +797,7 @@ def first_window_labels(ann, ctx_l, spec):
     last = max(0, min(int(window_ed / clip_len), ctx_l) - 1)
     first = min(int(window_st / clip_len), last)
     spans = span_targets(ann["relevant_windows"], ctx_l, spec)
-    if first != last:
-        pos = random.sample(range(first, last + 1), k=2)
-    else:
-        pos = [first, first]
-    neg_pool = list(range(0, first)) + list(range(last + 1, ctx_l))
-    neg = random.sample(neg_pool, k=2) if len(neg_pool) >= 2 else list(pos)
-    saliency_all = torch.zeros(ctx_l)
-    saliency_all[first:last + 1] = 1.0
+    pos, neg, saliency_all = _window_pairs(first, last, ctx_l)
     return dict(span_targets=spans, saliency_pos=pos, saliency_neg=neg,
                 saliency_all=saliency_all, relevant_mask=saliency_all.clone())
 
