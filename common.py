@@ -8,7 +8,8 @@ parts, in reading order:
 
   1. span utilities      span_cxw_to_xx, span_xx_to_cxw, temporal_iou, generalized_temporal_iou
   2. the matcher         HungarianMatcher
-  3. set losses          span_losses (L1 + GIoU), sigmoid_focal_loss, label_focal_loss
+  3. set losses          span_losses (L1 + GIoU), sigmoid_focal_loss, label_focal_loss,
+                         label_cross_entropy
   4. saliency losses     saliency_margin_loss, saliency_rank_contrastive_loss, neg_pair_loss
   5. inference helpers   temporal_nms, temporal_nms_zero, postprocess_windows
 
@@ -225,6 +226,30 @@ def label_focal_loss(pred_logits, indices, foreground_index=0, alpha=0.25, gamma
     labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = foreground_index
     one_hot = F.one_hot(labels, num_classes=2).float()                 # (B, Nq, 2)
     return sigmoid_focal_loss(pred_logits.float(), one_hot, alpha, gamma).mean()
+
+
+def label_cross_entropy(pred_logits, indices, eos_coef=0.1):
+    """QD-DETR's foreground/background loss (TaskWeave's and VideoLights'): a 2-class softmax
+    cross-entropy.
+
+    Matched queries have the target "foreground" (class 0), all others "background" (class 1).
+    Each query's loss is multiplied by its class weight (1 for foreground, eos_coef for background,
+    since most queries are background) and the result is averaged over all B * Nq queries: a plain
+    mean, not the weighted mean that F.cross_entropy's reduction="mean" would give.
+
+    Args:
+        pred_logits: (B, Nq, 2).
+        indices: the matcher's output for these predictions.
+    Returns:
+        a scalar.
+    """
+    batch_idx, query_idx = matched_prediction_index(indices)
+    labels = torch.ones(pred_logits.shape[:2], dtype=torch.int64, device=pred_logits.device)
+    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = 0   # (B, Nq)
+    class_weight = torch.tensor([1.0, eos_coef], device=pred_logits.device)
+    loss = F.cross_entropy(pred_logits.transpose(1, 2), labels, weight=class_weight,
+                           reduction="none")                                 # (B, Nq)
+    return loss.mean()
 
 
 # ----------------------------------------------------------------------------- 4. saliency losses

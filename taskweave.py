@@ -154,9 +154,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (HungarianMatcher, matched_prediction_index, neg_pair_loss,
-                    saliency_margin_loss, saliency_rank_contrastive_loss, span_cxw_to_xx,
-                    span_losses)
+from common import (HungarianMatcher, label_cross_entropy, neg_pair_loss, saliency_margin_loss,
+                    saliency_rank_contrastive_loss, span_cxw_to_xx, span_losses)
 
 
 # ----------------------------------------------------------------------------- config
@@ -794,23 +793,6 @@ class TaskWeave(nn.Module):
 
 
 # ----------------------------------------------------------------------------- losses
-
-def label_cross_entropy(pred_logits, indices, eos_coef=0.1):
-    """QD-DETR's foreground/background loss (the paper's "L_BCE"): a 2-class softmax cross-entropy.
-
-    Matched queries have the target "foreground" (class 0), all others "background" (class 1).
-    Each query's loss is multiplied by its class weight (1 for foreground, eos_coef for
-    background, since most queries are background) and the result is averaged over all B * Nq
-    queries: a plain mean, not F.cross_entropy's weighted mean.
-    """
-    batch_idx, query_idx = matched_prediction_index(indices)
-    labels = torch.ones(pred_logits.shape[:2], dtype=torch.int64, device=pred_logits.device)
-    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = 0   # (B, Nq)
-    class_weight = torch.tensor([1.0, eos_coef], device=pred_logits.device)
-    loss = F.cross_entropy(pred_logits.transpose(1, 2), labels, weight=class_weight,
-                           reduction="none")                                 # (B, Nq)
-    return loss.mean()
-
 
 class TaskWeaveLoss(nn.Module):
     """The task-dependent joint loss, as the official training loop computes it (Sec. 4.1 form of

@@ -145,8 +145,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (HungarianMatcher, matched_prediction_index, neg_pair_loss, saliency_margin_loss,
-                    saliency_rank_contrastive_loss, span_cxw_to_xx, span_losses)
+from common import (HungarianMatcher, label_cross_entropy, matched_prediction_index, neg_pair_loss,
+                    saliency_margin_loss, saliency_rank_contrastive_loss, span_cxw_to_xx,
+                    span_losses)
 
 # What float32 computes for log(0 + 1e-45): 1e-45 rounds to the smallest subnormal 2^-149.
 # FRA adds it to the similarity of padded clips (see note c of the module docstring).
@@ -812,17 +813,6 @@ class VideoLights(nn.Module):
 
 # ----------------------------------------------------------------------------- losses
 
-def label_ce_loss(pred_logits, indices, eos_coef=0.1):
-    """QD-DETR's foreground/background loss: 2-class cross-entropy, weight 1 on the foreground class
-    (channel 0, the matched queries) and eos_coef on the background; reduction "none" and then a
-    plain mean over the B * Nq queries (not the weighted mean that reduction="mean" would give)."""
-    batch_idx, query_idx = matched_prediction_index(indices)
-    labels = torch.ones(pred_logits.shape[:2], dtype=torch.int64, device=pred_logits.device)
-    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = 0        # foreground
-    weight = torch.tensor([1.0, eos_coef], device=pred_logits.device)
-    return F.cross_entropy(pred_logits.transpose(1, 2), labels, weight, reduction="none").mean()
-
-
 def query_token_alignment_loss(proj_queries, proj_txt, indices, temperature=0.07):
     """Eq. (4), qt_align (Moment-DETR's contrastive alignment): a matched decoder query should be
     closer to the query's words than the unmatched ones.
@@ -912,7 +902,7 @@ class VideoLightsLoss(nn.Module):
                 loss_l1, loss_giou = span_losses(out["pred_spans"], batch["span_targets"], indices)
                 terms["loss_span" + suffix] = cfg.span_loss_coef * loss_l1                 # Eq. (1)
                 terms["loss_giou" + suffix] = cfg.giou_loss_coef * loss_giou
-                terms["loss_label" + suffix] = cfg.label_loss_coef * label_ce_loss(
+                terms["loss_label" + suffix] = cfg.label_loss_coef * label_cross_entropy(
                     out["pred_logits"], indices, cfg.eos_coef)
                 terms["loss_align_qt" + suffix] = cfg.align_loss_coef * query_token_alignment_loss(
                     out["proj_queries"], outputs["proj_txt"], indices, cfg.align_temperature)  # Eq. (4)
