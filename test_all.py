@@ -1020,6 +1020,20 @@ def test_focal_label_loss_by_hand():
     assert math.isclose(float(common.label_focal_loss(logits, indices)), expected, rel_tol=1e-5)
 
 
+
+def test_label_cross_entropy_by_hand():
+    # QD-DETR's 2-class CE: q0 matched (target class 0, weight 1), q1..q3 background (class 1,
+    # weight eos_coef 0.1); plain mean over the 4 queries. Zero logits cost log 2 each.
+    logits = torch.zeros(1, 4, 2)
+    indices = [(torch.tensor([0]), torch.tensor([0]))]
+    expected = (1.0 + 3 * 0.1) * math.log(2) / 4
+    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-6)
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])
+    p_fg = math.exp(2.0) / (math.exp(2.0) + math.exp(-1.0))            # q0: foreground prob
+    p_bg = math.exp(0.3) / (math.exp(0.5) + math.exp(0.3))             # q1: background prob
+    expected = (-math.log(p_fg) - 0.1 * math.log(p_bg)) / 2
+    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-5)
+
 def test_saliency_margin_by_hand():
     s = torch.tensor([[1.0, 0.5, 0.9]])
     loss = common.saliency_margin_loss(s, torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), margin=0.2)
@@ -1133,8 +1147,9 @@ def _model_batch(video_dim, text_dim, video_lens, query_lens, seed=0, num_target
             "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": rel}
 
 
-def _model_forward(model, batch):
-    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+def _model_forward(model, batch, epoch=None):
+    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
+                 epoch=epoch)
 
 
 def test_parameter_count_matches_official():
@@ -1646,32 +1661,6 @@ def _tw_config(dataset="qvh", **changes):
     return dataclasses.replace(taskweave.default_config(dataset), **{**TW_SMALL, **changes})
 
 
-def _tw_batch(video_dim, text_dim, video_lens, query_lens, seed=0):
-    """A hand-built batch with the CONTRACT.md keys: one moment per video, graded saliency inside."""
-    gen = torch.Generator().manual_seed(seed)
-    B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
-    video_mask = torch.arange(Lv)[None] < torch.tensor(video_lens)[:, None]
-    query_mask = torch.arange(Lq)[None] < torch.tensor(query_lens)[:, None]
-    video = torch.randn(B, Lv, video_dim, generator=gen) * video_mask[..., None]
-    query = torch.randn(B, Lq, text_dim, generator=gen) * query_mask[..., None]
-    spans, sal, pos, neg = [], torch.zeros(B, Lv), [], []
-    for b, n in enumerate(video_lens):
-        st = int(torch.randint(0, n // 2, (1,), generator=gen))
-        ed = st + max(2, n // 3)                                         # clips st .. ed-1
-        spans.append(common.span_xx_to_cxw(torch.tensor([[st / n, ed / n]])))
-        sal[b, st:ed] = torch.randint(1, 13, (ed - st,), generator=gen).float()
-        pos.append([st + int(sal[b, st:ed].argmax()), st])
-        neg.append([st + int(sal[b, st:ed].argmin()), ed if ed < n else 0])
-    return {"video_feats": video, "video_mask": video_mask, "query_feats": query,
-            "query_mask": query_mask, "span_targets": spans, "saliency_pos": torch.tensor(pos),
-            "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": (sal > 0).float()}
-
-
-def _tw_forward(model, batch, epoch=None):
-    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
-                 epoch=epoch)
-
-
 def test_taskweave_parameter_count_matches_official():
     model = taskweave.TaskWeave(taskweave.default_config("qvh"), 2818, 512)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -1722,11 +1711,11 @@ def test_taskweave_forward_shapes_and_feedback_switch(taskweave_one_thread, mann
     cfg = _tw_config(feedback=manner, feedback_start=3)
     model, criterion = taskweave.build(cfg, 34, 16)
     model.eval()
-    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
     with torch.no_grad():
-        before = _tw_forward(model, batch, epoch=2)                 # epoch 3 (1-based): no feedback
-        after = _tw_forward(model, batch, epoch=3)                  # epoch 4: epoch + 1 > 3
-        standalone = _tw_forward(model, batch, epoch=None)
+        before = _model_forward(model, batch, epoch=2)                 # epoch 3 (1-based): no feedback
+        after = _model_forward(model, batch, epoch=3)                  # epoch 4: epoch + 1 > 3
+        standalone = _model_forward(model, batch, epoch=None)
     assert (before["feedback"], after["feedback"], standalone["feedback"]) == (False, True, True)
     for out in (before, after):
         assert out["pred_logits"].shape == (3, 10, 2) and out["pred_spans"].shape == (3, 10, 2)
@@ -1759,8 +1748,8 @@ def test_taskweave_forward_shapes_and_feedback_switch(taskweave_one_thread, mann
 def test_taskweave_backward_finite_grads_incl_uncertainties(taskweave_one_thread):
     torch.manual_seed(0)
     model, criterion = taskweave.build(_tw_config(), 34, 16)
-    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    total, _ = criterion(_tw_forward(model, batch, epoch=150), batch)     # mr2hd feedback on
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    total, _ = criterion(_model_forward(model, batch, epoch=150), batch)     # mr2hd feedback on
     total.backward()
     # Official bug A: the MR expert's masked conv is 0 at every real clip, so the depthwise weights
     # and the LayerNorm weight get exactly zero gradient.
@@ -1781,7 +1770,7 @@ def test_taskweave_backward_finite_grads_incl_uncertainties(taskweave_one_thread
     assert model.gamma_mr.grad.abs().item() > 0 and model.gamma_hd.grad.abs().item() > 0
     # With the intended mask (mask_bug False) the MR expert's CNN trains.
     fixed, criterion = taskweave.build(_tw_config(mr_expert_mask_bug=False), 34, 16)
-    criterion(_tw_forward(fixed, batch, epoch=150), batch)[0].backward()
+    criterion(_model_forward(fixed, batch, epoch=150), batch)[0].backward()
     assert fixed.mr_expert.depthwise.weight.grad.abs().sum() > 0
     assert fixed.mr_expert.norm_weight.grad.abs().sum() > 0
 
@@ -1877,11 +1866,11 @@ def test_taskweave_hd2mr_doubles_above_mean_clips_of_the_projected_video(taskwea
     negative pass on the unmodified V0 with the queries rolled by one."""
     torch.manual_seed(0)
     model = taskweave.TaskWeave(_tw_config(feedback="hd2mr"), 34, 16).eval()
-    batch = _tw_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
     seen = []
     model.t2v_encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs))
     with torch.no_grad():
-        out = _tw_forward(model, batch, epoch=None)
+        out = _model_forward(model, batch, epoch=None)
     first, second, negative = seen                      # pass 1, pass 2, negative pass
     v0, saliency = first[0], out["saliency"]
     above = (saliency > saliency.mean(1, keepdim=True)).float()                   # (B, Lv)
@@ -1897,18 +1886,18 @@ def test_taskweave_overfit_one_tiny_batch(taskweave_one_thread):
     cfg = _tw_config(hidden_dim=64, dim_feedforward=128, enc_layers=1, shared_layers=1,
                      num_queries=5, dropout=0.0, input_dropout=0.0)
     model, criterion = taskweave.build(cfg, 34, 16)
-    batch = _tw_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
+    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     first = None
     for step in range(120):
-        total, terms = criterion(_tw_forward(model, batch, epoch=None), batch)   # feedback on
+        total, terms = criterion(_model_forward(model, batch, epoch=None), batch)   # feedback on
         first = dict(terms) if first is None else first
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        out = _tw_forward(model, batch, epoch=None)
+        out = _model_forward(model, batch, epoch=None)
         _, terms = criterion(out, batch)
         windows, _ = taskweave.predict(out, batch["video_mask"])
     ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
@@ -2407,53 +2396,21 @@ def videolights_one_thread():
 VL_SMALL = dict(hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=5, contrastive_hdim=16)
 
 
-def _vl_batch(video_dim, text_dim, video_lens, query_lens, seed=0):
-    """A hand-built batch with the CONTRACT.md keys: one moment per video, graded saliency 1..12
-    inside it, pairs (best, first) vs (worst, a clip outside)."""
-    gen = torch.Generator().manual_seed(seed)
-    B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
-    video_mask = torch.arange(Lv)[None] < torch.tensor(video_lens)[:, None]
-    query_mask = torch.arange(Lq)[None] < torch.tensor(query_lens)[:, None]
-    video = torch.randn(B, Lv, video_dim, generator=gen) * video_mask[..., None]
-    query = torch.randn(B, Lq, text_dim, generator=gen) * query_mask[..., None]
-    spans, sal, rel, pos, neg = [], torch.zeros(B, Lv), torch.zeros(B, Lv), [], []
-    for b, n in enumerate(video_lens):
-        st = int(torch.randint(0, n // 2, (1,), generator=gen))
-        ed = st + max(2, n // 3)                                         # clips st .. ed-1
-        spans.append(common.span_xx_to_cxw(torch.tensor([[st / n, ed / n]])))
-        sal[b, st:ed] = torch.randint(1, 13, (ed - st,), generator=gen).float()
-        rel[b, st:ed] = 1
-        pos.append([st + int(sal[b, st:ed].argmax()), st])
-        neg.append([st + int(sal[b, st:ed].argmin()), ed if ed < n else 0])
-    return {"video_feats": video, "video_mask": video_mask, "query_feats": query,
-            "query_mask": query_mask, "span_targets": spans, "saliency_pos": torch.tensor(pos),
-            "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": rel}
-
-
-def _vl_forward(model, batch, epoch=None):
-    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
-                 epoch=epoch)
-
-
-def _vl_count(module):
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def test_videolights_parameter_counts_match_official():
     cfg = videolights.default_config("qvh")
     # QVHighlights SlowFast + CLIP (2816 + 2 tef / 512) and -B (+ BLIP-2 768 each: 3586 / 1280),
     # as the official build_model gives them (shared/specs/official_parameter_counts.md).
     sfc = videolights.VideoLights(cfg, 2818, 512)
-    print(f"VideoLights trainable parameters (QVH, 2818/512): {_vl_count(sfc):,}")
-    assert _vl_count(sfc) == 10_399_975
-    assert _vl_count(videolights.VideoLights(cfg, 3586, 1280)) == 10_796_263
+    print(f"VideoLights trainable parameters (QVH, 2818/512): {train.count_parameters(sfc):,}")
+    assert train.count_parameters(sfc) == 10_399_975
+    assert train.count_parameters(videolights.VideoLights(cfg, 3586, 1280)) == 10_796_263
     # TVSum I3D (2048 + 2 / CLIP 512): the official builder gives 10,201,831.
     tvsum = videolights.VideoLights(videolights.default_config("tvsum"), 2050, 512)
-    assert _vl_count(tvsum) == 10_201_831
-    assert _vl_count(sfc.bicmf) == 1_514_497 and _vl_count(sfc.encoder) == 2_369_283
-    assert _vl_count(sfc.decoder) == 4_477_446 and _vl_count(sfc.refinement) == 263_169
-    assert _vl_count(sfc.gru) == 394_752
-    assert _vl_count(sfc.input_vid_proj) == 793_604 and _vl_count(sfc.input_txt_proj) == 198_656
+    assert train.count_parameters(tvsum) == 10_201_831
+    assert train.count_parameters(sfc.bicmf) == 1_514_497 and train.count_parameters(sfc.encoder) == 2_369_283
+    assert train.count_parameters(sfc.decoder) == 4_477_446 and train.count_parameters(sfc.refinement) == 263_169
+    assert train.count_parameters(sfc.gru) == 394_752
+    assert train.count_parameters(sfc.input_vid_proj) == 793_604 and train.count_parameters(sfc.input_txt_proj) == 198_656
 
 
 def test_videolights_default_and_pretrain_configs():
@@ -2495,8 +2452,8 @@ def test_videolights_forward_shapes_and_predict(videolights_one_thread, video_di
     cfg = videolights.default_config("qvh")
     model, criterion = videolights.build(cfg, video_dim, text_dim)
     model.eval()
-    batch = _vl_batch(video_dim, text_dim, video_lens=[12, 20], query_lens=[7, 4])
-    out = _vl_forward(model, batch, epoch=3)
+    batch = _model_batch(video_dim, text_dim, video_lens=[12, 20], query_lens=[7, 4])
+    out = _model_forward(model, batch, epoch=3)
     assert out["pred_logits"].shape == (2, 10, 2) and out["pred_spans"].shape == (2, 10, 2)
     assert out["saliency"].shape == out["saliency_neg"].shape == out["saliency_mr"].shape == (2, 20)
     assert out["proj_queries"].shape == (2, 10, 64) and out["proj_txt"].shape == (2, 7, 64)
@@ -2521,8 +2478,8 @@ def test_videolights_forward_shapes_and_predict(videolights_one_thread, video_di
 def test_videolights_backward_finite_and_tvsum_terms(videolights_one_thread):
     torch.manual_seed(0)
     model, criterion = videolights.build(videolights.default_config("qvh"), 34, 16)
-    batch = _vl_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    total, _ = criterion(_vl_forward(model, batch, epoch=0), batch, epoch=0)
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    total, _ = criterion(_model_forward(model, batch, epoch=0), batch, epoch=0)
     total.backward()
     never_used = ("txt_position_embed.", "align_proj_vid.", "bicmf.0.norm2.")   # parity only
     for name, p in model.named_parameters():
@@ -2533,7 +2490,7 @@ def test_videolights_backward_finite_and_tvsum_terms(videolights_one_thread):
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
     # TVSum (no matcher): only the saliency loss, as the official criterion.
     tv_model, tv_loss = videolights.build(videolights.default_config("tvsum"), 34, 16)
-    _, terms = tv_loss(_vl_forward(tv_model, batch), batch)
+    _, terms = tv_loss(_model_forward(tv_model, batch), batch)
     assert set(terms) == {"loss_sal_margin", "loss_sal_rank", "loss_sal_neg_pair", "loss_sal_ts",
                           "loss_sal_tc", "loss_sal_hard_neg", "loss_sal_hard_pos", "loss_overall"}
 
@@ -2597,11 +2554,11 @@ def test_videolights_mask_bug_flag_only_matters_with_video_padding(videolights_o
     buggy = videolights.VideoLights(dataclasses.replace(cfg, bicmf_mask_bug=True), 34, 16).eval()
     buggy.load_state_dict(clean.state_dict())
     with torch.no_grad():
-        same = _vl_batch(34, 16, video_lens=[15] * 4, query_lens=[3, 8, 5, 2])
-        assert torch.allclose(_vl_forward(clean, same)["saliency"], _vl_forward(buggy, same)["saliency"])
-        mixed = _vl_batch(34, 16, video_lens=[15, 9, 15, 15], query_lens=[8, 2, 6, 7])
-        assert not torch.allclose(_vl_forward(clean, mixed)["saliency"],
-                                  _vl_forward(buggy, mixed)["saliency"], atol=1e-4)
+        same = _model_batch(34, 16, video_lens=[15] * 4, query_lens=[3, 8, 5, 2])
+        assert torch.allclose(_model_forward(clean, same)["saliency"], _model_forward(buggy, same)["saliency"])
+        mixed = _model_batch(34, 16, video_lens=[15, 9, 15, 15], query_lens=[8, 2, 6, 7])
+        assert not torch.allclose(_model_forward(clean, mixed)["saliency"],
+                                  _model_forward(buggy, mixed)["saliency"], atol=1e-4)
 
 
 def test_videolights_negative_pass_rolls_the_queries(videolights_one_thread):
@@ -2610,9 +2567,9 @@ def test_videolights_negative_pass_rolls_the_queries(videolights_one_thread):
     torch.manual_seed(0)
     cfg = dataclasses.replace(videolights.default_config("qvh"), **VL_SMALL)
     model = videolights.VideoLights(cfg, 34, 16).eval()
-    batch = _vl_batch(34, 16, video_lens=[10, 10, 10], query_lens=[5, 3, 4])
+    batch = _model_batch(34, 16, video_lens=[10, 10, 10], query_lens=[5, 3, 4])
     with torch.no_grad():
-        out = _vl_forward(model, batch)
+        out = _model_forward(model, batch)
         # Refined clips come from the POSITIVE query; re-fuse them with the rolled words.
         words = model.input_txt_proj(batch["query_feats"])
         pos = videolights.clip_position_embedding(batch["video_mask"], cfg.hidden_dim)
@@ -2626,18 +2583,18 @@ def test_videolights_overfit_one_tiny_batch(videolights_one_thread):
     cfg = dataclasses.replace(videolights.default_config("qvh"), **VL_SMALL, enc_layers=1,
                               dec_layers=2, dropout=0.0, input_dropout=0.0)
     model, criterion = videolights.build(cfg, 34, 16)
-    batch = _vl_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
+    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     first = None
     for step in range(100):
-        total, terms = criterion(_vl_forward(model, batch, epoch=0), batch, epoch=0)
+        total, terms = criterion(_model_forward(model, batch, epoch=0), batch, epoch=0)
         first = dict(terms) if first is None else first
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        _, terms = criterion(_vl_forward(model, batch), batch, epoch=0)
+        _, terms = criterion(_model_forward(model, batch), batch, epoch=0)
     print(f"overfit: loss {first['loss_overall']:.3f} -> {terms['loss_overall']:.3f}, "
           f"span L1 {first['loss_span']:.3f} -> {terms['loss_span']:.3f}")
     assert terms["loss_overall"] < 0.3 * first["loss_overall"]
