@@ -422,6 +422,10 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     print(f"{args.model} on {where}: {len(datasets['train'])} train / {len(some)} {eval_split} "
           f"queries, {count_parameters(model):,} trainable parameters, device {device}")
 
+    # What every checkpoint says about the run it belongs to (--resume, --init and --eval-only read it).
+    identity = {"model_name": args.model, "data": args.data, "domain": domain,
+                "pretrain": args.pretrain, "config": dataclasses.asdict(cfg),
+                "streams": {"video": args.video_feats, "text": args.text_feats}}
     timing = {"train_seconds": [], "predict_seconds": None, "predicted_queries": len(some)}
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
@@ -474,10 +478,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
             is_best = value > best["score"]
             if is_best:
                 best = {"score": value, "epoch": epoch, "brief": result["brief"]}
-                save_atomic({"model": eval_model.state_dict(), "epoch": epoch, "model_name": args.model,
-                             "data": args.data, "domain": domain,
-                             "streams": {"video": args.video_feats, "text": args.text_feats},
-                             "config": dataclasses.asdict(cfg)},
+                save_atomic({"model": eval_model.state_dict(), "epoch": epoch, **identity},
                             os.path.join(results_dir, "best.ckpt"))
                 metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds.jsonl"), rows)
                 metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
@@ -499,10 +500,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": rng_state(loader_gen),
                      "ema": ema_model.state_dict() if ema_model is not None else None,
-                     "epoch": epoch, "best": best, "model_name": args.model, "data": args.data,
-                     "pretrain": args.pretrain,
-                     "streams": {"video": args.video_feats, "text": args.text_feats},
-                     "domain": domain, "config": dataclasses.asdict(cfg)},
+                     "epoch": epoch, "best": best, **identity},
                     os.path.join(results_dir, "last.ckpt"))
 
     write_timing(results_dir, timing, device, args.model, count_parameters(model))
