@@ -1391,6 +1391,23 @@ def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
     assert torch.load(results / "last.ckpt", weights_only=False)["epoch"] == 3
 
 
+def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epoch(tmp_path,
+                                                                                   monkeypatch):
+    # Short epochs (TVSum: one step each) must not rewrite the ~70 MB state every epoch.
+    root = _tiny_synthetic(tmp_path / "syn")
+    written = []
+    save = train.save_atomic
+    monkeypatch.setattr(train, "save_atomic", lambda obj, path: (
+        written.append((os.path.basename(path), obj["epoch"])), save(obj, path)))
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 1e9)
+    train.main(_train_args(root, tmp_path / "rare", "--epochs", "3"))
+    assert [e for name, e in written if name == "last.ckpt"] == [3]
+    written.clear()
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
+    train.main(_train_args(root, tmp_path / "every", "--epochs", "3"))
+    assert [e for name, e in written if name == "last.ckpt"] == [1, 2, 3]
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     # Two epochs straight, or one epoch + a resumed second one (as after a kill), give the same
     # weights: the checkpoint carries the optimiser, the scheduler and every RNG state.
@@ -1626,11 +1643,14 @@ def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_p
     assert config["config"]["seed"] == train.COMPARE_SEED and config["config"]["hidden_dim"] == 32
     brief = json.loads((out / "trdetr" / "metrics.json").read_text())["brief"]
     table = (out / "comparison.md").read_text().splitlines()
-    assert table[2].startswith("| model | params | epochs | best epoch | train s/epoch")
+    assert table[2].startswith("| model | params | epochs | best epoch | train s/epoch | "
+                               "of which loading |")
     cells = [c.strip() for c in table[4].strip("|").split("|")]
     assert cells[0] == "trdetr" and cells[1] == f"{timing['trainable_parameters']:,}"
     assert cells[2] == "1" and cells[3] == "1"
-    assert cells[7] == f"{brief['MR-full-R1@0.5']:.2f}"
+    assert cells[5] == f"{timing['load_seconds_per_epoch']:.2f}"
+    assert 0 <= timing["load_seconds_per_epoch"] < timing["train_seconds_per_epoch"]
+    assert cells[8] == f"{brief['MR-full-R1@0.5']:.2f}"
     # One row per model, in the order asked; FlashVTG (no DETR, NMS files) fits the same table.
     assert [row.split("|")[1].strip() for row in table[4:]] == ["trdetr", "flashvtg"]
     assert (out / "flashvtg" / "metrics_nms.json").is_file()
