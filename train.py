@@ -153,6 +153,10 @@ def parse_args(argv=None):
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: the training forward runs under bfloat16 autocast "
+                        "(GPUs with bfloat16: Ampere or newer; also CPUs with AMX/AVX512-BF16); "
+                        "the loss, the optimiser and evaluation stay float32 (README: Speed)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p.parse_args(argv)
 
@@ -227,6 +231,28 @@ def to_device(batch, device):
         else:
             out[key] = value
     return out
+
+
+def to_float32(outputs):
+    """The model's outputs with every half-precision tensor cast back to float32 (--amp): the
+    losses, the Hungarian matcher (scipy) and the saved predictions then see float32 as always."""
+    if isinstance(outputs, dict):
+        return {k: to_float32(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(to_float32(v) for v in outputs)
+    if torch.is_tensor(outputs) and outputs.dtype in (torch.bfloat16, torch.float16):
+        return outputs.float()
+    return outputs
+
+
+def check_amp(device):
+    """--amp uses bfloat16 (float32's exponent range: no loss scaling, and the models' large
+    negative attention-mask fills stay finite, which float16 would overflow)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SystemExit("--amp: this GPU has no bfloat16 support (it needs Ampere or newer); "
+                         "train without --amp")
+    if device.type not in ("cuda", "cpu"):
+        raise SystemExit(f"--amp: supported on cuda and cpu, not {device.type}")
 
 
 def count_parameters(model):
@@ -369,6 +395,8 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
         # Never overwrite a finished or interrupted run's files.
         raise SystemExit(f"{results_dir} already holds a run: continue it with --resume "
                          f"{os.path.join(results_dir, 'last.ckpt')}, or pass another --results-dir")
+    if args.amp:
+        check_amp(device)
     os.makedirs(results_dir, exist_ok=True)
     seed_everything(cfg.seed)
 
@@ -421,7 +449,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     else:
         metrics.write_json_atomic(os.path.join(results_dir, "config.json"), {
             "model": args.model, "data": args.data, "domain": domain, "feat_root": str(feat_root),
-            "pretrain": args.pretrain, "init": args.init, "layout": spec.layout,
+            "pretrain": args.pretrain, "init": args.init, "layout": spec.layout, "amp": args.amp,
             "streams": {"video": args.video_feats, "text": args.text_feats},
             "config": dataclasses.asdict(cfg), "trainable_parameters": count_parameters(model)})
     where = f"{args.data}" + (f"/{domain}" if domain else "")
@@ -430,7 +458,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
 
     # What every checkpoint says about the run it belongs to (--resume, --init and --eval-only read it).
     identity = {"model_name": args.model, "data": args.data, "domain": domain,
-                "pretrain": args.pretrain, "config": dataclasses.asdict(cfg),
+                "pretrain": args.pretrain, "amp": args.amp, "config": dataclasses.asdict(cfg),
                 "streams": {"video": args.video_feats, "text": args.text_feats}}
     timing = {"train_seconds": [], "load_seconds": [], "predict_seconds": None,
               "predicted_queries": len(some)}
@@ -450,8 +478,11 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
             loading += time.time() - t_load
             # epoch - 1: the models see the official 0-based epoch index (TaskWeave's feedback
             # start, VideoLights' growing hard-loss weight).
-            outputs = model(batch["video_feats"], batch["video_mask"],
-                            batch["query_feats"], batch["query_mask"], epoch=epoch - 1)
+            # --amp: the forward's matrix products run in bfloat16; the loss is computed in float32.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                outputs = model(batch["video_feats"], batch["video_mask"],
+                                batch["query_feats"], batch["query_mask"], epoch=epoch - 1)
+            outputs = to_float32(outputs) if args.amp else outputs
             loss, terms = criterion(outputs, batch, epoch=epoch - 1)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -522,7 +553,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                      "epoch": epoch, "best": best, **identity},
                     os.path.join(results_dir, "last.ckpt"))
 
-    write_timing(results_dir, timing, device, args.model, count_parameters(model))
+    write_timing(results_dir, timing, device, args.model, count_parameters(model), args.amp)
     print(f"best {cfg.best_metric} {best['score']} at epoch {best['epoch']}; files in {results_dir}")
     return best["brief"]
 
@@ -535,14 +566,14 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # Linux reports KiB
 
 
-def write_timing(results_dir, timing, device, model_name, n_params):
+def write_timing(results_dir, timing, device, model_name, n_params, amp=False):
     """timing.json: what the comparison table reads (this process's epochs only)."""
     epochs = timing["train_seconds"]
     per_query = (1000 * timing["predict_seconds"] / timing["predicted_queries"]
                  if timing["predict_seconds"] is not None else None)
     metrics.write_json_atomic(os.path.join(results_dir, "timing.json"), {
         "model": model_name, "trainable_parameters": n_params, "device": str(device),
-        "threads": torch.get_num_threads(), "epochs_timed": len(epochs),
+        "threads": torch.get_num_threads(), "amp": amp, "epochs_timed": len(epochs),
         "train_seconds_per_epoch": sum(epochs) / len(epochs) if epochs else None,
         # Of which: waiting for the loader (features are in memory: collate + device copy).
         "load_seconds_per_epoch": (sum(timing["load_seconds"]) / len(epochs)
@@ -714,6 +745,7 @@ def main(argv=None):
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
         # A resumed run goes on with its pretraining corpus and its feature streams.
         args.pretrain = args.pretrain or checkpoint.get("pretrain")
+        args.amp = args.amp or bool(checkpoint.get("amp"))       # a resumed run keeps its precision
         streams = checkpoint.get("streams") or {}
         args.video_feats = args.video_feats or streams.get("video")
         args.text_feats = args.text_feats or streams.get("text")
@@ -816,6 +848,7 @@ def compare(args):
         cmd += [str(x) for flag, value in passed if value is not None for x in (flag, value)]
         cmd += [x for item in args.overrides for x in ("--set", item)]
         cmd += ["--no-progress"] if args.no_progress else []
+        cmd += ["--amp"] if args.amp else []
         done = os.path.isfile(os.path.join(run_dir, "timing.json"))
         if not done and os.path.isfile(os.path.join(run_dir, "last.ckpt")):
             cmd += ["--resume", os.path.join(run_dir, "last.ckpt")]
@@ -847,7 +880,8 @@ def comparison_table(rows, data_name, seed):
              "infer ms/query", "peak MiB"] + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ")
                             for k in keys])
     lines = [f"Data: {data_name}, seed {seed}, device {rows[0][1]['device']} "
-             f"({rows[0][1]['threads']} threads). Peak memory: " +
+             f"({rows[0][1]['threads']} threads"
+             + (", --amp: bfloat16 autocast" if rows[0][1].get("amp") else "") + "). Peak memory: " +
              ("torch's peak GPU allocation." if rows[0][1]["device"].startswith("cuda") else
               "the process's peak resident set, features in memory included."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
