@@ -56,6 +56,8 @@ Charades max_v_l 75 (ours: no limit, as CG-DETR) - a setting, not a layout, so n
 Synthetic (`make_synthetic`): the moment_detr QVHighlights layout and file names, smaller dims
     (slowfast 128, clip 64, text 64; with blip=True also "BLIP" video 48 and text 48), train and
     val only; `make_synthetic_pretrain` adds pre_train_synthetic.jsonl (section at its code).
+    `--qvh-sized` (QVH_SIZED): the same generator at QVHighlights' sizes and real dims, read as
+    --data qvh: the speed benchmark of train.py --benchmark.
 
 Feature streams (dataset_spec's video_feats / text_feats, short names)
 ----------------------------------------------------------------------
@@ -139,6 +141,10 @@ SYNTHETIC_DIMS = {"slowfast": 128, "clip": 64, "text": 64}
 # The optional stand-ins for VideoLights-B's BLIP-2 streams (written with `blip=True` only, so the
 # default set, and the numbers measured on it, stay exactly as they were).
 SYNTHETIC_BLIP_DIMS = {"video": 48, "text": 48}
+# The QVHighlights-sized set of the speed benchmark (train.py --benchmark): the real release's
+# query counts (train / val) and feature dims. Same generator, same QVH file names, so it is read
+# with the real QVHighlights spec (--data qvh) and the models' QVH configs, exactly as the release.
+QVH_SIZED = {"n_train": 7218, "n_val": 1550, "dims": {"slowfast": 2304, "clip": 512, "text": 512}}
 SYNTHETIC_MARKER = "SYNTHETIC_COMPLETE.json"   # written last: its absence means "(re)generate"
 SYNTHETIC_PRETRAIN_FILE = "pre_train_synthetic.jsonl"   # "pre_train" in the name, as the official
 
@@ -1036,19 +1042,21 @@ def _synthetic_windows(rng, n_clips):
     return windows
 
 
-def _synthetic_world(rng, n_concepts):
+def _synthetic_world(rng, n_concepts, dims=None):
     """The fixed random projections of one seed (the first draws of its generator, so the
-    fine-tuning set and the pretraining corpus of a seed share the same concepts)."""
+    fine-tuning set and the pretraining corpus of a seed share the same concepts), for feature
+    dims `dims` (default SYNTHETIC_DIMS)."""
+    dims = dims or SYNTHETIC_DIMS
     style_dim = 8
-    return {"text": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["text"]),
-            "slowfast": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["slowfast"]),
-            "clip": _unit_rows(rng, n_concepts, SYNTHETIC_DIMS["clip"]),
-            "slowfast_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["slowfast"]),
-            "clip_style": _unit_rows(rng, style_dim, SYNTHETIC_DIMS["clip"]),
-            "filler": _unit_rows(rng, 200, SYNTHETIC_DIMS["text"]),
-            "start": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
-            "end": _unit_rows(rng, 1, SYNTHETIC_DIMS["text"])[0],
-            "style_dim": style_dim}
+    return {"text": _unit_rows(rng, n_concepts, dims["text"]),
+            "slowfast": _unit_rows(rng, n_concepts, dims["slowfast"]),
+            "clip": _unit_rows(rng, n_concepts, dims["clip"]),
+            "slowfast_style": _unit_rows(rng, style_dim, dims["slowfast"]),
+            "clip_style": _unit_rows(rng, style_dim, dims["clip"]),
+            "filler": _unit_rows(rng, 200, dims["text"]),
+            "start": _unit_rows(rng, 1, dims["text"])[0],
+            "end": _unit_rows(rng, 1, dims["text"])[0],
+            "style_dim": style_dim, "dims": dims}
 
 
 def _synthetic_blip_world(seed, n_concepts):
@@ -1071,7 +1079,7 @@ def _synthetic_video(rng, world, activation, video_noise):
     style = rng.normal(0.0, 1.0, size=world["style_dim"]) * 0.7 / math.sqrt(world["style_dim"])
     video = {}
     for name in ("slowfast", "clip"):
-        dim = SYNTHETIC_DIMS[name]
+        dim = world["dims"][name]
         video[name] = (activation @ world[name] + style @ world[name + "_style"]
                        + _unit_rows(rng, n_clips, dim) * video_noise)
     return video
@@ -1079,7 +1087,7 @@ def _synthetic_video(rng, world, activation, video_noise):
 
 def _synthetic_tokens(rng, world, concept, text_noise):
     """(tokens, 64) "CLIP" text of a query about `concept` (see the comment block above)."""
-    dim = SYNTHETIC_DIMS["text"]
+    dim = world["dims"]["text"]
     n_tokens = int(rng.integers(8, 21))
     middle = [world["filler"][int(rng.integers(len(world["filler"])))] for _ in range(n_tokens - 2)]
     for pos in rng.choice(n_tokens - 2, size=int(rng.integers(1, 4)), replace=False):
@@ -1161,10 +1169,11 @@ def _synthetic_query(rng, index, world, video_noise, text_noise):
     return ann, video, tokens, activation, concept
 
 
-def _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip=False):
+def _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip=False,
+                      dims=None):
     params = {"version": SYNTHETIC_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
               "n_concepts": n_concepts, "video_noise": video_noise, "text_noise": text_noise,
-              "dims": SYNTHETIC_DIMS}
+              "dims": dims or SYNTHETIC_DIMS}
     if blip:            # only then: a default set's marker stays what it always was
         params["blip_dims"] = SYNTHETIC_BLIP_DIMS
     return params
@@ -1196,13 +1205,17 @@ def _blip_dirs():
 
 
 def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_noise=1.0,
-                   text_noise=0.3, progress=False, blip=False):
+                   text_noise=0.3, progress=False, blip=False, dims=None):
     """Write the synthetic benchmark under `root` in the QVHighlights layout (module docstring):
     highlight_{train,val}_release.jsonl + slowfast_features/ clip_features/ clip_text_features/,
     float16 npz like the real release, then the marker file. Deterministic in `seed`.
     blip=True also writes the BLIP-2 stand-ins (48-d) in VideoLights' folders
     blip_video_features/ and blip_aug_text_features_openai/, drawn from generators of their own:
-    every other file is byte-identical to the blip=False set."""
+    every other file is byte-identical to the blip=False set.
+    dims: the feature dims {"slowfast", "clip", "text"} (default SYNTHETIC_DIMS); with the real
+    ones (QVH_SIZED, for the speed benchmark) the set is read with dataset_spec("qvh")."""
+    if blip and dims:
+        raise ValueError("make_synthetic: the BLIP-2 stand-ins go with the default dims only")
     root = os.fspath(root)
     spec = dataset_spec("synthetic")
     _refuse_non_synthetic(root)
@@ -1216,7 +1229,7 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
         os.makedirs(os.path.join(root, dirname), exist_ok=True)
 
     rng = np.random.default_rng(seed)
-    world = _synthetic_world(rng, n_concepts)
+    world = _synthetic_world(rng, n_concepts, dims)
     if blip:
         blip_world = _synthetic_blip_world(seed, n_concepts)
         blip_rng = np.random.default_rng([seed, 3])
@@ -1240,7 +1253,8 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
             rows.append(ann)
             index += 1
         write_jsonl_atomic(os.path.join(root, spec.anno_files[split]), rows)
-    params = _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip)
+    params = _synthetic_params(seed, n_train, n_val, n_concepts, video_noise, text_noise, blip,
+                               dims)
     write_json_atomic(marker, params)         # last: the set is complete
     return root
 
@@ -1258,20 +1272,21 @@ def _marker_matches(path, wanted, also_ok=None):
 
 
 def ensure_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_noise=1.0,
-                     text_noise=0.3, progress=True, blip=False):
+                     text_noise=0.3, progress=True, blip=False, dims=None):
     """Generate the synthetic set under `root` unless a complete one with these parameters is
     there already. The marker file is written last and records the parameters, so a half-written
     set, or one made by another version or with other parameters, is regenerated. Regenerating
     overwrites files by name and deletes nothing. A set written with blip=True also serves
     blip=False (its other files are the same); a blip=False set is completed by regenerating."""
     args = (seed, n_train, n_val, n_concepts, video_noise, text_noise)
-    with_blip = _synthetic_params(*args, blip=True)
-    wanted = with_blip if blip else _synthetic_params(*args)
+    with_blip = None if dims else _synthetic_params(*args, blip=True)
+    wanted = with_blip if blip else _synthetic_params(*args, dims=dims)
     if _marker_matches(os.path.join(os.fspath(root), SYNTHETIC_MARKER), wanted, with_blip):
         return root
     t0 = time.time()
     print(f"generating the synthetic benchmark in {root} ...", file=sys.stderr)
-    make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress, blip)
+    make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress, blip,
+                   dims)
     print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
     return root
 
@@ -1447,6 +1462,10 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join("features", "synthetic"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blip", action="store_true", help="also write the BLIP-2 stand-in streams")
+    p.add_argument("--qvh-sized", action="store_true",
+                   help="QVHighlights' sizes and dims instead (7,218 train / 1,550 val queries, "
+                        "SlowFast 2304, CLIP 512, text 512; ~3.5 GB): the speed benchmark's set, "
+                        "read with --data qvh --feat-root OUT")
     p = sub.add_parser("synthetic-pretrain",
                        help=f"write the synthetic pretraining corpus ({SYNTHETIC_PRETRAIN_FILE})")
     p.add_argument("--out", default=os.path.join("features", "synthetic"))
@@ -1460,7 +1479,8 @@ def main(argv=None):
                           video_feats=args.video_feats, text_feats=args.text_feats) else 1
     t0 = time.time()
     if args.command == "synthetic":
-        make_synthetic(args.out, seed=args.seed, progress=True, blip=args.blip)
+        sized = QVH_SIZED if args.qvh_sized else {}
+        make_synthetic(args.out, seed=args.seed, progress=True, blip=args.blip, **sized)
         print(f"synthetic benchmark written to {args.out} in {time.time() - t0:.1f} s")
     else:
         path = make_synthetic_pretrain(args.out, seed=args.seed, n_videos=args.n_videos,

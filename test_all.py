@@ -1702,6 +1702,30 @@ def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_p
     assert (out / "trdetr" / "timing.json").stat().st_mtime_ns == stamp
 
 
+def test_benchmark_generates_a_qvh_shaped_set_and_times_it_with_the_qvh_loader(tmp_path, monkeypatch):
+    # --benchmark at QVHighlights' real dims, shrunk to 12 + 6 queries: the set is written in the
+    # QVH layout, read by the real QVH loader (2304 + 512 + tef = 2818, text 512), and the table
+    # says what it ran on.
+    monkeypatch.setattr(data, "QVH_SIZED", {**data.QVH_SIZED, "n_train": 12, "n_val": 6})
+    root, out = tmp_path / "qvh_sized", tmp_path / "bench"
+    assert train.main(["--benchmark", "--models", "trdetr", "--feat-root", str(root),
+                       "--results-dir", str(out), "--batch-size", "4", "--no-progress",
+                       *SMALL_MODEL]) == 0
+    marker = json.loads((root / data.SYNTHETIC_MARKER).read_text())
+    assert marker["dims"] == {"slowfast": 2304, "clip": 512, "text": 512}
+    assert (marker["n_train"], marker["n_val"]) == (12, 6)
+    spec = data.dataset_spec("qvh", root)
+    val = data.load_dataset(spec, root, "val", progress=False)
+    assert len(val) == 6 and (val.video_dim, val.text_dim) == (2818, 512)
+    config = json.loads((out / "trdetr" / "config.json").read_text())
+    assert config["data"] == "qvh" and config["config"]["epochs"] == 1
+    timing = json.loads((out / "trdetr" / "timing.json").read_text())
+    assert timing["epochs_timed"] == 1 and timing["peak_memory_mib"] > 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0].startswith(f"Data: QVHighlights-sized synthetic set in {root} (12 train / 6 val")
+    assert table[4].split("|")[1].strip() == "trdetr"
+
+
 # ==================================================================================================
 # taskweave.py: TaskWeave (task-decoupled unit, both feedback manners, uncertainty-weighted joint loss)
 # ==================================================================================================

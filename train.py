@@ -149,7 +149,13 @@ def parse_args(argv=None):
                         "parameters, seconds per epoch, ms per query, peak memory and metrics; "
                         "finished runs are reused, interrupted ones resumed")
     p.add_argument("--models", default=None, metavar="A,B",
-                   help="with --compare: which models (default: all)")
+                   help="with --compare or --benchmark: which models (default: all)")
+    p.add_argument("--benchmark", action="store_true",
+                   help="speed benchmark: --compare on a QVHighlights-sized synthetic set (7,218 "
+                        "train / 1,550 val queries, real dims; generated on first use in "
+                        "features/synthetic_qvh, ~3.5 GB, or --feat-root) read as --data qvh with "
+                        "the QVH configs, for --epochs (default 1); writes "
+                        "results/benchmark_qvh/comparison.md (seconds per epoch, peak memory)")
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
@@ -731,6 +737,8 @@ def prediction_svg(row, gt, clip_len, top_k=3, width=900):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.benchmark:
+        return benchmark(args)
     if args.compare:
         return compare(args)
     module = MODELS[args.model]
@@ -826,7 +834,21 @@ COMPARE_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP@0.5", "MR-full-
                 "MR-full-R1@0.3", "MR-full-mIoU", "mAP")
 
 
-def compare(args):
+def benchmark(args):
+    """--benchmark: how fast each model trains at QVHighlights' scale. The set is the synthetic
+    generator at the release's sizes and dims, in its file layout, so the children read it with the
+    real QVH loader and the models' QVH configs; the metrics of one epoch mean nothing here."""
+    root = args.feat_root or os.path.join("features", "synthetic_qvh")
+    data.ensure_synthetic(root, progress=not args.no_progress, **data.QVH_SIZED)
+    args.data, args.feat_root = "qvh", root
+    args.epochs = args.epochs or 1
+    args.results_dir = args.results_dir or os.path.join("results", "benchmark_qvh")
+    sizes = data.QVH_SIZED
+    return compare(args, label=(f"QVHighlights-sized synthetic set in {root} ({sizes['n_train']:,} "
+                                f"train / {sizes['n_val']:,} val queries, real dims), read as qvh"))
+
+
+def compare(args, label=None):
     """--compare: one child process per model (so each gets its own peak-memory figure), the same
     data and seed, each model's own recipe otherwise; then one table."""
     names = args.models.split(",") if args.models else sorted(MODELS)
@@ -866,7 +888,7 @@ def compare(args):
         with open(os.path.join(run_dir, "config.json")) as f:
             config = json.load(f)["config"]
         rows.append((name, timing, best, config))
-    text = comparison_table(rows, args.data, seed)
+    text = comparison_table(rows, label or args.data, seed)
     metrics.write_text_atomic(os.path.join(root, "comparison.md"), text)
     print(text)
     return 0
@@ -877,8 +899,8 @@ def comparison_table(rows, data_name, seed):
     selection criterion); timings are from the run's own process."""
     keys = [k for k in COMPARE_KEYS if all(k in best["brief"] for _, _, best, _ in rows)]
     head = (["model", "params", "epochs", "best epoch", "train s/epoch", "of which loading",
-             "infer ms/query", "peak MiB"] + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ")
-                            for k in keys])
+             "infer ms/query", "peak MiB"]
+            + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ") for k in keys])
     lines = [f"Data: {data_name}, seed {seed}, device {rows[0][1]['device']} "
              f"({rows[0][1]['threads']} threads"
              + (", --amp: bfloat16 autocast" if rows[0][1].get("amp") else "") + "). Peak memory: " +
