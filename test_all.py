@@ -1726,6 +1726,28 @@ def test_benchmark_generates_a_qvh_shaped_set_and_times_it_with_the_qvh_loader(t
     assert table[4].split("|")[1].strip() == "trdetr"
 
 
+@pytest.mark.parametrize("module", [trdetr, videolights], ids=["trdetr", "videolights"])
+def test_mr2hd_moment_extraction_follows_python_slicing_without_a_loop(module):
+    # MR2HD slices clip_feats[b, start:end + 1] with Python's rules (the official code does):
+    # negative bounds wrap, bounds past the end clip, stop <= start is empty. The batched gather
+    # must give exactly what the per-sample slices give, on every awkward case.
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 75, 8, generator=gen)
+    starts = torch.randint(-90, 110, (64,), generator=gen).float()
+    stops = torch.randint(-90, 110, (64,), generator=gen).float()
+    starts[:5] = torch.tensor([-37., 74., 50., -1., 0.])
+    stops[:5] = torch.tensor([60., 113., 21., 0., 75.])
+    expected = torch.stack([torch.nn.functional.pad(
+        feats[b, int(starts[b]):int(stops[b])], (0, 0, 0, 75 - len(feats[b, int(starts[b]):int(stops[b])])))
+        for b in range(64)])
+    got = module.slice_left_aligned(feats, starts, stops)
+    assert torch.equal(got, expected)
+    assert got[2].abs().sum() == 0 and got[3].abs().sum() == 0       # stop <= start: empty
+    assert torch.equal(got[4], feats[4])                               # the whole video
+    assert torch.equal(got[0, :22], feats[0, 38:60]) and got[0, 22:].abs().sum() == 0  # -37 = 38
+    assert torch.equal(got[1, :1], feats[1, 74:]) and got[1, 1:].abs().sum() == 0      # clipped
+
+
 # ==================================================================================================
 # taskweave.py: TaskWeave (task-decoupled unit, both feedback manners, uncertainty-weighted joint loss)
 # ==================================================================================================

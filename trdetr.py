@@ -248,6 +248,23 @@ def clip_position_embedding(video_mask, dim):
     return sine_features(position, dim)                               # (B, Lv, dim)
 
 
+def slice_left_aligned(feats, starts, stops):
+    """feats[b, starts[b]:stops[b]] for every b at once, moved to position 0 and zero-padded to Lv:
+    (B, Lv, d). Python's slice rules on purpose (the official code slices, see MR2HD): a negative
+    bound counts from the end, bounds past the end are clipped, and stop <= start is empty.
+    One gather instead of a loop over the batch: no per-sample Python and, on a GPU, no
+    host synchronisation per sample to read the bounds."""
+    B, Lv, d = feats.shape
+    def normalise(i):                                       # what slice(i, ...).indices(Lv) gives
+        return torch.where(i < 0, (i + Lv).clamp(min=0), i.clamp(max=Lv))
+    starts, stops = normalise(starts.long()), normalise(stops.long())               # (B,)
+    position = torch.arange(Lv, device=feats.device)
+    inside = position[None] < (stops - starts)[:, None]                              # (B, Lv)
+    index = (starts[:, None] + position[None]).clamp(max=Lv - 1)                     # (B, Lv)
+    picked = feats.gather(1, index[..., None].expand(B, Lv, d))                      # (B, Lv, d)
+    return torch.where(inside[..., None], picked, torch.zeros((), dtype=feats.dtype))
+
+
 def anchor_sine_embedding(anchors, dim):
     """(..., 2) anchors (center, width) in [0, 1] -> (..., dim): dim/2 sine features of 2*pi*center,
     then dim/2 of 2*pi*width (DAB-DETR's embedding of an anchor box, here in 1-D)."""
@@ -634,14 +651,10 @@ class TRDETR(nn.Module):
             # (It multiplies by Lv * clip_len and divides by clip_len; that cancels exactly.)
             rows = torch.arange(B, device=top.device)
             bounds = torch.floor(span_cxw_to_xx(pred_spans[rows, top]) * Lv)   # (B, 2)
-        moments = []
-        for b in range(B):
-            start, end = int(bounds[b, 0]), int(bounds[b, 1])
-            # Python slicing on purpose: a negative start wraps around and usually gives an empty
-            # slice (the GRU then sees only zeros), as in the official code.
-            clips = clip_feats[b, start:end + 1]                           # (n, d)
-            moments.append(F.pad(clips, (0, 0, 0, Lv - clips.shape[0])))   # (Lv, d) zero-padded
-        moments = torch.stack(moments)                                     # (B, Lv, d)
+        # clip_feats[b, start:end + 1] of each sample, zero-padded to Lv. Python slicing rules on
+        # purpose: a negative start wraps around and usually gives an empty slice (the GRU then
+        # sees only zeros), as in the official code.
+        moments = slice_left_aligned(clip_feats, bounds[:, 0], bounds[:, 1] + 1)  # (B, Lv, d)
         moment_global = self.gru(moments)[1][-1]              # Eq. (14) last hidden state (B, d)
         # Eq. (15), as a raw dot product with the projected clip features (no cosine, no softmax)
         similarity = (moment_global[:, None, :] @ clip_feats.transpose(1, 2)).squeeze(1)  # (B, Lv)

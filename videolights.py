@@ -359,6 +359,23 @@ def clip_position_embedding(video_mask, dim):
     return sine_features(position, dim)                               # (B, Lv, dim)
 
 
+def slice_left_aligned(feats, starts, stops):
+    """feats[b, starts[b]:stops[b]] for every b at once, moved to position 0 and zero-padded to Lv:
+    (B, Lv, d). Python's slice rules on purpose (the official code slices, see MR2HD): a negative
+    bound counts from the end, bounds past the end are clipped, and stop <= start is empty.
+    One gather instead of a loop over the batch: no per-sample Python and, on a GPU, no
+    host synchronisation per sample to read the bounds."""
+    B, Lv, d = feats.shape
+    def normalise(i):                                       # what slice(i, ...).indices(Lv) gives
+        return torch.where(i < 0, (i + Lv).clamp(min=0), i.clamp(max=Lv))
+    starts, stops = normalise(starts.long()), normalise(stops.long())               # (B,)
+    position = torch.arange(Lv, device=feats.device)
+    inside = position[None] < (stops - starts)[:, None]                              # (B, Lv)
+    index = (starts[:, None] + position[None]).clamp(max=Lv - 1)                     # (B, Lv)
+    picked = feats.gather(1, index[..., None].expand(B, Lv, d))                      # (B, Lv, d)
+    return torch.where(inside[..., None], picked, torch.zeros((), dtype=feats.dtype))
+
+
 def anchor_sine_embedding(anchors, dim):
     """(B, Nq, 2) anchors (center, width) in [0, 1] -> (B, Nq, dim): dim/2 sine features each."""
     center = sine_features(anchors[..., 0] * 2 * math.pi, dim // 2)
@@ -777,14 +794,10 @@ class VideoLights(nn.Module):
             # floor() clip indices scaled by the PADDED length Lv. (The official code multiplies by
             # Lv * clip_len and divides by clip_len: exact for clip_len 1 and 2.)
             bounds = torch.floor(span_cxw_to_xx(pred_spans[rows, top]) * Lv)      # (B, 2)
-        moments = []
-        for b in range(B):
-            start, end = int(bounds[b, 0]), int(bounds[b, 1])
-            # Python slicing on purpose: a negative start usually gives an empty slice (the GRU then
-            # sees only zeros), as in the official code.
-            clips = projected[b, start:end + 1]                                   # (n, d)
-            moments.append(F.pad(clips, (0, 0, 0, Lv - clips.shape[0])))         # (Lv, d)
-        moments = torch.stack(moments)                                            # (B, Lv, d)
+        # projected[b, start:end + 1] of each sample, zero-padded to Lv. Python slicing rules on
+        # purpose: a negative start usually gives an empty slice (the GRU then sees only zeros),
+        # as in the official code.
+        moments = slice_left_aligned(projected, bounds[:, 0], bounds[:, 1] + 1)   # (B, Lv, d)
         moment_global = self.gru(moments)[1][-1]              # last hidden state (B, d)
         similarity = (moment_global[:, None, :] @ projected.transpose(1, 2)).squeeze(1)  # (B, Lv)
         refined = vid_mem * similarity[..., None] + vid_mem   # memory * (1 + similarity)
