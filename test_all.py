@@ -1724,6 +1724,8 @@ def test_benchmark_generates_a_qvh_shaped_set_and_times_it_with_the_qvh_loader(t
     table = (out / "comparison.md").read_text().splitlines()
     assert table[0].startswith(f"Data: QVHighlights-sized synthetic set in {root} (12 train / 6 val")
     assert table[4].split("|")[1].strip() == "trdetr"
+    with pytest.raises(SystemExit, match="takes no --data"):
+        train.main(["--benchmark", "--data", "tvsum"])
 
 
 @pytest.mark.parametrize("module", [trdetr, videolights], ids=["trdetr", "videolights"])

@@ -838,6 +838,9 @@ def benchmark(args):
     """--benchmark: how fast each model trains at QVHighlights' scale. The set is the synthetic
     generator at the release's sizes and dims, in its file layout, so the children read it with the
     real QVH loader and the models' QVH configs; the metrics of one epoch mean nothing here."""
+    if args.data != "synthetic" or args.compare:
+        raise SystemExit("--benchmark generates its own QVHighlights-sized set and compares the "
+                         "models on it: it takes no --data and no --compare")
     root = args.feat_root or os.path.join("features", "synthetic_qvh")
     data.ensure_synthetic(root, progress=not args.no_progress, **data.QVH_SIZED)
     args.data, args.feat_root = "qvh", root
