@@ -1494,6 +1494,42 @@ def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
     assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
 
 
+@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
+                    reason="../shared/realdata/tvsum (real TVSum features) not present")
+def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_path, capsys,
+                                                                        monkeypatch):
+    out = tmp_path / "all"
+    args = ["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
+            str(SHARED / "realdata" / "tvsum"), "--results-dir", str(out), "--epochs", "1",
+            *SMALL_MODEL]
+    assert train.main(args) == 0
+    table = json.loads((out / "tvsum_table.json").read_text())
+    assert list(table["mAP"]) == data.TVSUM_DOMAINS and table["model"] == "trdetr"
+    assert (table["seed"], table["epochs"]) == (2018, 1)
+    for domain in data.TVSUM_DOMAINS:
+        saved = json.loads((out / domain / "metrics.json").read_text())
+        assert saved["domain"] == domain and table["mAP"][domain] == saved["brief"]["mAP"]
+    assert table["Avg"] == pytest.approx(sum(table["mAP"].values()) / 10)
+    printed = capsys.readouterr().out.splitlines()
+    ours = next(l for l in printed if l.startswith("| trdetr, seed 2018, 1 epochs |"))
+    assert ours.endswith(f"| {100 * table['Avg']:.1f} |")
+    assert "| paper, Table 3 (I3D) | 89.3 | 93 | 94.3 | 85.1 | 88 | 88.6 | 80.4 | 91.3 | 89.5 | " \
+           "81.6 | 88.1 |" in printed
+    # The same command again: every finished domain is reused, nothing trains.
+    calls = []
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda *a, **k: calls.append(a[6]) or real_run(*a, **k))
+    assert train.main(args) == 0 and calls == []
+    assert json.loads((out / "tvsum_table.json").read_text()) == table
+    # A domain without timing.json was interrupted: only it runs again, from its last.ckpt.
+    (out / "DS" / "timing.json").unlink()
+    assert train.main(args) == 0 and calls == ["DS"]
+    assert (out / "DS" / "timing.json").is_file()
+    # Another configuration into the same folder is refused, not mixed into the table.
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.main(args + ["--seed", "5"])
+
+
 def test_eval_only_with_a_missing_test_gt_is_a_clear_error(tmp_path):
     root, _, _ = _data_qvh_root(tmp_path)
     with pytest.raises(SystemExit, match="go with --eval-only"):
