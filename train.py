@@ -909,7 +909,7 @@ def comparison_table(rows, data_name, seed):
              "infer ms/query", "peak MiB"]
             + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ") for k in keys])
     lines = [f"Data: {data_name}, seed {seed}, device {rows[0][1]['device']} "
-             f"({rows[0][1]['threads']} threads"
+             f"({rows[0][1]['threads']} thread{'s' if rows[0][1]['threads'] != 1 else ''}"
              + (", --amp: bfloat16 autocast" if rows[0][1].get("amp") else "") + "). Peak memory: " +
              ("torch's peak GPU allocation." if rows[0][1]["device"].startswith("cuda") else
               "the process's peak resident set, features in memory included."), "",
