@@ -8,8 +8,8 @@ parts, in reading order:
 
   1. span utilities      span_cxw_to_xx, span_xx_to_cxw, temporal_iou, generalized_temporal_iou
   2. the matcher         HungarianMatcher
-  3. set losses          span_losses (L1 + GIoU), sigmoid_focal_loss, label_focal_loss,
-                         label_cross_entropy
+  3. set losses          span_losses (L1 + GIoU), sigmoid_focal_loss, matched_query_labels,
+                         label_focal_loss, label_cross_entropy
   4. saliency losses     saliency_margin_loss, saliency_rank_contrastive_loss, neg_pair_loss
   5. inference helpers   temporal_nms, temporal_nms_zero, postprocess_windows
 
@@ -206,6 +206,16 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     return loss
 
 
+def matched_query_labels(pred_logits, indices, foreground_index=0):
+    """(B, Nq) int64 class targets of the decoder queries: `foreground_index` for the queries the
+    matcher assigned to a ground-truth window, the other class (1 - foreground_index) elsewhere."""
+    batch_idx, query_idx = matched_prediction_index(indices)
+    labels = torch.full(pred_logits.shape[:2], 1 - foreground_index, dtype=torch.int64,
+                        device=pred_logits.device)                     # (B, Nq), all background
+    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = foreground_index
+    return labels
+
+
 def label_focal_loss(pred_logits, indices, foreground_index=0, alpha=0.25, gamma=2.0):
     """TR-DETR's foreground/background loss: a sigmoid focal loss on BOTH logit channels.
 
@@ -220,10 +230,7 @@ def label_focal_loss(pred_logits, indices, foreground_index=0, alpha=0.25, gamma
     Returns:
         a scalar.
     """
-    batch_idx, query_idx = matched_prediction_index(indices)
-    labels = torch.full(pred_logits.shape[:2], 1 - foreground_index, dtype=torch.int64,
-                        device=pred_logits.device)                     # (B, Nq), all background
-    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = foreground_index
+    labels = matched_query_labels(pred_logits, indices, foreground_index)          # (B, Nq)
     one_hot = F.one_hot(labels, num_classes=2).float()                 # (B, Nq, 2)
     return sigmoid_focal_loss(pred_logits.float(), one_hot, alpha, gamma).mean()
 
@@ -243,9 +250,7 @@ def label_cross_entropy(pred_logits, indices, eos_coef=0.1):
     Returns:
         a scalar.
     """
-    batch_idx, query_idx = matched_prediction_index(indices)
-    labels = torch.ones(pred_logits.shape[:2], dtype=torch.int64, device=pred_logits.device)
-    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = 0   # (B, Nq)
+    labels = matched_query_labels(pred_logits, indices, foreground_index=0)        # (B, Nq)
     class_weight = torch.tensor([1.0, eos_coef], device=pred_logits.device)
     loss = F.cross_entropy(pred_logits.transpose(1, 2), labels, weight=class_weight,
                            reduction="none")                                 # (B, Nq)
