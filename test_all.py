@@ -1510,7 +1510,14 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
         saved = json.loads((out / domain / "metrics.json").read_text())
         assert saved["domain"] == domain and table["mAP"][domain] == saved["brief"]["mAP"]
     assert table["Avg"] == pytest.approx(sum(table["mAP"].values()) / 10)
+    # One epoch = one evaluation per domain: the best epoch is 1 and the mean of the evaluations
+    # is that evaluation itself.
+    assert table["best_epoch"] == {d: 1 for d in data.TVSUM_DOMAINS}
+    assert table["evaluations"] == {d: 1 for d in data.TVSUM_DOMAINS}
+    assert table["mean_of_evaluations"] == table["mAP"]
+    assert table["config"]["seed"] == 2018 and table["config"]["lr"] == 1e-3
     printed = capsys.readouterr().out.splitlines()
+    assert any(l.startswith("| the same, mean of all evaluations | ") for l in printed)
     ours = next(l for l in printed if l.startswith("| trdetr, seed 2018, 1 epochs |"))
     assert ours.endswith(f"| {100 * table['Avg']:.1f} |")
     assert "| paper, Table 3 (I3D) | 89.3 | 93 | 94.3 | 85.1 | 88 | 88.6 | 80.4 | 91.3 | 89.5 | " \
@@ -1528,6 +1535,49 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     # Another configuration into the same folder is refused, not mixed into the table.
     with pytest.raises(SystemExit, match="another configuration"):
         train.main(args + ["--seed", "5"])
+
+
+def test_eval_history_keeps_the_later_line_of_a_re_done_epoch(tmp_path):
+    # A resumed run re-does the epochs after its last checkpoint: the later evaluation counts.
+    (tmp_path / "log.txt").write_text(
+        "epoch 5 0.4s lr 1.00e-03 loss_overall 2.0\n"
+        'eval epoch 5 {"mAP": 0.5}\n'
+        'eval epoch 5 nms 0.7 {"mAP": 0.9}\n'
+        'eval epoch 10 {"mAP": 0.25}\n'
+        'eval epoch 10 {"mAP": 0.75}\n')
+    assert train.eval_history(tmp_path) == {5: {"mAP": 0.5}, 10: {"mAP": 0.75}}
+    assert train.eval_history(tmp_path / "absent") == {}
+
+
+def _tvsum_table_file(path, model, seed, values, lr=1e-3):
+    table = dict(zip(data.TVSUM_DOMAINS, values))
+    path.mkdir(parents=True)
+    (path / "tvsum_table.json").write_text(json.dumps({
+        "model": model, "seed": seed, "epochs": 2000, "mAP": table,
+        "Avg": sum(values) / len(values), "config": {"seed": seed, "lr": lr}}))
+    return str(path)
+
+
+def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
+    runs = [_tvsum_table_file(tmp_path / f"s{seed}", "trdetr", seed, [base + i / 100 for i in range(10)])
+            for seed, base in ((1, 0.5), (2, 0.6), (3, 0.7))]
+    one = _tvsum_table_file(tmp_path / "tw", "taskweave", 2017, [0.8] * 10)
+    assert train.main(["--tvsum-summary", *runs, one + "/tvsum_table.json"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # VT: 50, 60, 70 -> 60.0 +- 10.0 (sample std); BT (i = 8): 58, 68, 78; Avg: 54.5, 64.5, 74.5.
+    assert printed[2] == ("| trdetr, seeds 1, 2, 3 (mean ± std) | 60.0 ± 10.0 | 61.0 ± 10.0 | "
+                          "62.0 ± 10.0 | 63.0 ± 10.0 | 64.0 ± 10.0 | 65.0 ± 10.0 | 66.0 ± 10.0 | "
+                          "67.0 ± 10.0 | 68.0 ± 10.0 | 69.0 ± 10.0 | 64.5 ± 10.0 |")
+    assert printed[3].startswith("| trdetr paper, Table 3 (I3D) | 89.3 | 93 |")
+    assert printed[4] == "| taskweave, seeds 2017 (mean ± std) |" + " 80.0 |" * 11
+    # Runs of another configuration (or the same seed twice) are not averaged together.
+    other = _tvsum_table_file(tmp_path / "lr", "trdetr", 4, [0.5] * 10, lr=1e-4)
+    with pytest.raises(SystemExit, match="different configurations"):
+        train.main(["--tvsum-summary", *runs, other])
+    with pytest.raises(SystemExit, match="seed given twice"):
+        train.main(["--tvsum-summary", runs[0], runs[0]])
+    with pytest.raises(SystemExit, match="no .*tvsum_table.json"):
+        train.main(["--tvsum-summary", str(tmp_path / "nothing")])
 
 
 def test_eval_only_with_a_missing_test_gt_is_a_clear_error(tmp_path):

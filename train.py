@@ -156,6 +156,9 @@ def parse_args(argv=None):
                         "features/synthetic_qvh, ~3.5 GB, or --feat-root) read as --data qvh with "
                         "the QVH configs, for --epochs (default 1); writes "
                         "results/benchmark_qvh/comparison.md (seconds per epoch, peak memory)")
+    p.add_argument("--tvsum-summary", nargs="+", default=None, metavar="RUN",
+                   help="print mean +- std over seeds per TVSum domain, beside the paper's row, "
+                        "from finished all-domain runs (their folders or tvsum_table.json files)")
     p.add_argument("--summary", action="store_true",
                    help="print the model and its trainable parameter count, then exit (no features needed)")
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
@@ -737,6 +740,8 @@ def prediction_svg(row, gt, clip_len, top_k=3, width=900):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.tvsum_summary:
+        return tvsum_summary(args.tvsum_summary)
     if args.benchmark:
         return benchmark(args)
     if args.compare:
@@ -970,21 +975,96 @@ def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
     return run(args, module, cfg, spec, feat_root, sub, domain)["mAP"]
 
 
+def eval_history(results_dir):
+    """{epoch: brief metrics} of every evaluation a run logged in its log.txt. A resumed run
+    re-does the epochs after its last checkpoint, so an epoch may appear twice: the later wins."""
+    history = {}
+    path = os.path.join(results_dir, "log.txt")
+    if not os.path.isfile(path):
+        return history
+    with open(path) as f:
+        for line in f:
+            parts = line.split(" ", 3)                     # "eval epoch N {json}" (not "... nms")
+            if len(parts) == 4 and parts[:2] == ["eval", "epoch"] and parts[3].startswith("{"):
+                history[int(parts[2])] = json.loads(parts[3])
+    return history
+
+
 def print_tvsum_table(table, results_dir, model_name, cfg):
     """Top-5 mAP per TVSum domain (x100, the papers' format) and the average, as markdown, beside
-    the paper's row; tvsum_table.json keeps ours with the run's model, seed and epochs."""
+    the paper's row; tvsum_table.json keeps ours with the run's model, seed, epochs and config.
+
+    A second row gives each domain's mean over ALL its evaluations (every eval_every epochs): the
+    best-epoch row picks the maximum of a few hundred evaluations of one video, so the distance
+    between the two rows is how much that selection adds (see the README's TVSum section)."""
+    best_epoch, mean_evals, n_evals = {}, {}, {}
+    for domain in table:
+        sub = os.path.join(results_dir, domain)
+        with open(os.path.join(sub, "metrics.json")) as f:
+            best_epoch[domain] = json.load(f)["epoch"]
+        values = [brief["mAP"] for brief in eval_history(sub).values()]
+        mean_evals[domain] = sum(values) / len(values) if values else float("nan")
+        n_evals[domain] = len(values)
     avg = sum(table.values()) / len(table)
+    avg_evals = sum(mean_evals.values()) / len(mean_evals)
     lines = ["| | " + " | ".join(table) + " | Avg |", "|---|" + "---|" * (len(table) + 1),
              f"| {model_name}, seed {cfg.seed}, {cfg.epochs} epochs | "
-             + " | ".join(f"{100 * v:.1f}" for v in table.values()) + f" | {100 * avg:.1f} |"]
+             + " | ".join(f"{100 * v:.1f}" for v in table.values()) + f" | {100 * avg:.1f} |",
+             f"| the same, mean of all evaluations | "
+             + " | ".join(f"{100 * v:.1f}" for v in mean_evals.values())
+             + f" | {100 * avg_evals:.1f} |"]
     if model_name in TVSUM_PAPER and list(table) == data.TVSUM_DOMAINS:
         source, row = TVSUM_PAPER[model_name]
         lines.append(f"| {source} | " + " | ".join(f"{v:g}" for v in row) + " |")
     print("\n".join(lines))
     print("(the official protocol selects each domain's epoch on the same val video it reports)")
     metrics.write_json_atomic(os.path.join(results_dir, "tvsum_table.json"), {
-        "model": model_name, "seed": cfg.seed, "epochs": cfg.epochs, "mAP": table, "Avg": avg})
+        "model": model_name, "seed": cfg.seed, "epochs": cfg.epochs, "mAP": table, "Avg": avg,
+        "best_epoch": best_epoch, "mean_of_evaluations": mean_evals, "evaluations": n_evals,
+        "config": dataclasses.asdict(cfg)})
 
+
+def tvsum_summary(paths):
+    """--tvsum-summary: the runs' tvsum_table.json files (or the folders holding them) -> per model,
+    mean +- sample standard deviation over seeds per domain, beside the paper's row (markdown).
+    Runs of one model must share their configuration apart from the seed."""
+    runs = {}
+    for path in paths:
+        file = os.path.join(path, "tvsum_table.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise SystemExit(f"--tvsum-summary: no tvsum_table.json at {path} (an all-domain "
+                             f"TVSum run writes it in its results folder when all 10 domains "
+                             f"have finished)")
+        with open(file) as f:
+            run_table = json.load(f)
+        runs.setdefault(run_table["model"], []).append((file, run_table))
+    lines = ["| | " + " | ".join(data.TVSUM_DOMAINS) + " | Avg |",
+             "|---|" + "---|" * (len(data.TVSUM_DOMAINS) + 1)]
+    for model_name, group in runs.items():
+        def without_seed(t):
+            return {k: v for k, v in (t.get("config") or {}).items() if k != "seed"}
+        first_file, first = group[0]
+        for file, t in group[1:]:
+            if (t["epochs"], without_seed(t)) != (first["epochs"], without_seed(first)):
+                raise SystemExit(f"--tvsum-summary: {file} and {first_file} are {model_name} runs "
+                                 f"with different configurations; summarise them separately")
+        seeds = [t["seed"] for _, t in group]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--tvsum-summary: {model_name} seed given twice ({seeds})")
+        columns = [[t["mAP"][d] for _, t in group] for d in data.TVSUM_DOMAINS]
+        columns.append([t["Avg"] for _, t in group])
+        cells = []
+        for values in columns:
+            mean = 100 * float(np.mean(values))
+            spread = 100 * float(np.std(values, ddof=1)) if len(values) > 1 else None
+            cells.append(f"{mean:.1f}" + (f" ± {spread:.1f}" if spread is not None else ""))
+        lines.append(f"| {model_name}, seeds {', '.join(map(str, seeds))} (mean ± std) | "
+                     + " | ".join(cells) + " |")
+        if model_name in TVSUM_PAPER:
+            source, row = TVSUM_PAPER[model_name]
+            lines.append(f"| {model_name} {source} | " + " | ".join(f"{v:g}" for v in row) + " |")
+    print("\n".join(lines))
+    return 0
 
 if __name__ == "__main__":
     try:
