@@ -363,6 +363,21 @@ def test_tvsum_fixture_mean_annotator_prediction():
     assert sorted(out["per_domain"]) == ["BK", "BT", "DS", "FM", "GA", "MS", "PK", "PR", "VT", "VU"]
 
 
+def test_tvsum_reference_random_is_the_expectation_over_all_rankings():
+    # 6 clips, 3 annotators: the exact expected top-5 mAP of a random ranking is the mean over
+    # all 720 orders (slow reference); 20,000 random draws land within 0.005 of it.
+    import itertools
+    label = [[1, 5, 3], [4, 4, 1], [2, 3, 5], [5, 1, 2], [3, 2, 4], [1, 5, 5]]
+    exact = np.mean([np.mean(_reference_tvsum([-i for i in np.argsort(order)], label))
+                     for order in itertools.permutations(range(6))])
+    gt = [{"qid": "v", "domain": "VT", "label": label}]
+    ref = metrics.tvsum_reference(gt, draws=20000)
+    assert abs(ref["random"]["VT"] - exact) < 0.005
+    consensus = np.mean(label, axis=1).tolist()
+    assert ref["annotator_mean"]["VT"] == metrics.evaluate_tvsum(
+        [{"qid": "v", "pred_saliency_scores": consensus}], gt)["brief"]["mAP"]
+
+
 @needs_shared
 def test_tvsum_matches_torch_ranking_without_ties():
     torch = pytest.importorskip("torch")
@@ -1518,6 +1533,10 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     assert table["config"]["seed"] == 2018 and table["config"]["lr"] == 1e-3
     printed = capsys.readouterr().out.splitlines()
     assert any(l.startswith("| the same, mean of all evaluations | ") for l in printed)
+    reference = metrics.tvsum_reference(metrics.read_jsonl(TVSUM_VAL))
+    assert table["reference"] == reference
+    consensus = next(l for l in printed if l.startswith("| the annotators' mean score as ranking |"))
+    assert f"| {100 * reference['annotator_mean']['VT']:.1f} |" in consensus
     ours = next(l for l in printed if l.startswith("| trdetr, seed 2018, 1 epochs |"))
     assert ours.endswith(f"| {100 * table['Avg']:.1f} |")
     assert "| paper, Table 3 (I3D) | 89.3 | 93 | 94.3 | 85.1 | 88 | 88.6 | 80.4 | 91.3 | 89.5 | " \

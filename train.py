@@ -829,7 +829,9 @@ def main(argv=None):
         for domain in domains:
             sub = os.path.join(results_dir, domain)
             table[domain] = run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain)
-        print_tvsum_table(table, results_dir, args.model, cfg)
+        reference = metrics.tvsum_reference(
+            data.load_annotations(spec, "val", args.anno_dir or feat_root))
+        print_tvsum_table(table, results_dir, args.model, cfg, reference)
         return 0
     run(args, module, cfg, spec, feat_root, results_dir, None, checkpoint)
     return 0
@@ -990,13 +992,15 @@ def eval_history(results_dir):
     return history
 
 
-def print_tvsum_table(table, results_dir, model_name, cfg):
+def print_tvsum_table(table, results_dir, model_name, cfg, reference=None):
     """Top-5 mAP per TVSum domain (x100, the papers' format) and the average, as markdown, beside
     the paper's row; tvsum_table.json keeps ours with the run's model, seed, epochs and config.
 
     A second row gives each domain's mean over ALL its evaluations (every eval_every epochs): the
     best-epoch row picks the maximum of a few hundred evaluations of one video, so the distance
-    between the two rows is how much that selection adds (see the README's TVSum section)."""
+    between the two rows is how much that selection adds (see the README's TVSum section).
+    `reference` (metrics.tvsum_reference) adds a random ranking's and the annotators' consensus
+    ranking's scores on the same val videos."""
     best_epoch, mean_evals, n_evals = {}, {}, {}
     for domain in table:
         sub = os.path.join(results_dir, domain)
@@ -1016,12 +1020,18 @@ def print_tvsum_table(table, results_dir, model_name, cfg):
     if model_name in TVSUM_PAPER and list(table) == data.TVSUM_DOMAINS:
         source, row = TVSUM_PAPER[model_name]
         lines.append(f"| {source} | " + " | ".join(f"{v:g}" for v in row) + " |")
+    names = {"random": "a random ranking (mean of 1,000)",
+             "annotator_mean": "the annotators' mean score as ranking"}
+    for key, values in (reference or {}).items():
+        row = [values[d] for d in table]
+        lines.append(f"| {names[key]} | " + " | ".join(f"{100 * v:.1f}" for v in row)
+                     + f" | {100 * sum(row) / len(row):.1f} |")
     print("\n".join(lines))
     print("(the official protocol selects each domain's epoch on the same val video it reports)")
     metrics.write_json_atomic(os.path.join(results_dir, "tvsum_table.json"), {
         "model": model_name, "seed": cfg.seed, "epochs": cfg.epochs, "mAP": table, "Avg": avg,
         "best_epoch": best_epoch, "mean_of_evaluations": mean_evals, "evaluations": n_evals,
-        "config": dataclasses.asdict(cfg)})
+        "reference": reference, "config": dataclasses.asdict(cfg)})
 
 
 def tvsum_summary(paths):
