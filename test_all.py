@@ -1364,6 +1364,26 @@ def _train_args(root, results, *extra):
             *SMALL_MODEL, *extra]
 
 
+def test_a_results_folder_in_use_by_a_live_process_is_refused(tmp_path):
+    # Two processes training into one folder (e.g. a TVSum domain started by hand while the
+    # all-domain command reaches it) would interleave the run's files: the second one is refused.
+    root, _, _ = _data_qvh_root(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / train.LOCK_FILE).write_text(str(os.getppid()))      # a live process
+    args = ["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+            "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]
+    with pytest.raises(SystemExit, match=f"being trained into by process {os.getppid()}"):
+        train.main(args)
+    assert not (run_dir / "config.json").exists()
+    # A marker left by a process that has died is taken over; the finished run removes it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (run_dir / train.LOCK_FILE).write_text(dead)
+    assert train.main(args) == 0
+    assert (run_dir / "timing.json").is_file() and not (run_dir / train.LOCK_FILE).exists()
+
+
 def test_summary_prints_the_official_parameter_count(capsys):
     assert train.main(["--model", "trdetr", "--data", "qvh", "--summary"]) == 0
     out = capsys.readouterr().out

@@ -26,6 +26,7 @@ at any moment never leaves a half-written checkpoint, prediction or metrics file
   best.ckpt        the weights of the best evaluation so far
   val_preds.jsonl  the best epoch's predictions on the eval split, official submission format
   metrics.json     the best epoch's metrics ("brief" block as the official evaluation prints it)
+  running.pid      while a process trains into the folder (another one is refused meanwhile)
 
 The model files all follow one contract (see trdetr.py): `Config`, `default_config(dataset)`,
 `build(cfg, video_dim, text_dim) -> (model, loss)`, `model(video_feats, video_mask, query_feats,
@@ -395,15 +396,64 @@ def update_ema(ema_model, model, decay):
 
 # ----------------------------------------------------------------------------- one run
 
+LOCK_FILE = "running.pid"
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)                              # signal 0: only asks whether pid exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:                          # exists, owned by another user
+        return True
+    return True
+
+
+def claim_results_dir(results_dir):
+    """Mark results_dir as being trained into by this process (running.pid), or refuse when a live
+    process holds it: two processes resuming the same run would interleave its files (this happens
+    when TVSum domains are started by hand beside the all-domain command). A marker left by a
+    process that died is taken over."""
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, LOCK_FILE)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and pid_alive(holder):
+                raise SystemExit(f"{results_dir} is being trained into by process {holder} "
+                                 f"({path}); wait for it, or pass another --results-dir")
+            os.remove(path)                          # stale marker of a dead process
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    raise SystemExit(f"could not claim {results_dir} ({path} keeps reappearing)")
+
+
 def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint=None):
     """Train (or, with --eval-only, evaluate) one model on one dataset (one TVSum domain).
-    Returns the brief metrics of the best evaluation."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    show = not args.no_progress
+    Returns the brief metrics of the best evaluation. Holds results_dir/running.pid meanwhile."""
     if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
         # Never overwrite a finished or interrupted run's files.
         raise SystemExit(f"{results_dir} already holds a run: continue it with --resume "
                          f"{os.path.join(results_dir, 'last.ckpt')}, or pass another --results-dir")
+    lock = claim_results_dir(results_dir)
+    try:
+        return train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoint)
+    finally:
+        os.remove(lock)
+
+
+def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoint):
+    """run()'s body, once results_dir is this process's."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    show = not args.no_progress
     if args.amp:
         check_amp(device)
     os.makedirs(results_dir, exist_ok=True)
