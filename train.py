@@ -447,7 +447,8 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     try:
         return train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoint)
     finally:
-        os.remove(lock)
+        if os.path.exists(lock):
+            os.remove(lock)
 
 
 def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoint):
@@ -1125,6 +1126,7 @@ def tvsum_summary(paths):
             lines.append(f"| {model_name} {source} | " + " | ".join(f"{v:g}" for v in row) + " |")
     print("\n".join(lines))
     return 0
+
 
 if __name__ == "__main__":
     try:
