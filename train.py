@@ -457,7 +457,6 @@ def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoin
     show = not args.no_progress
     if args.amp:
         check_amp(device)
-    os.makedirs(results_dir, exist_ok=True)
     seed_everything(cfg.seed)
 
     eval_split = spec.eval_split
@@ -1101,9 +1100,10 @@ def tvsum_summary(paths):
         runs.setdefault(run_table["model"], []).append((file, run_table))
     lines = ["| | " + " | ".join(data.TVSUM_DOMAINS) + " | Avg |",
              "|---|" + "---|" * (len(data.TVSUM_DOMAINS) + 1)]
+    def without_seed(t):
+        return {k: v for k, v in (t.get("config") or {}).items() if k != "seed"}
+
     for model_name, group in runs.items():
-        def without_seed(t):
-            return {k: v for k, v in (t.get("config") or {}).items() if k != "seed"}
         first_file, first = group[0]
         for file, t in group[1:]:
             if (t["epochs"], without_seed(t)) != (first["epochs"], without_seed(first)):
