@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -1574,6 +1575,37 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     # Another configuration into the same folder is refused, not mixed into the table.
     with pytest.raises(SystemExit, match="another configuration"):
         train.main(args + ["--seed", "5"])
+
+    # --jobs 2: the domains left to train run as child processes, two at a time, each with this
+    # command line restricted to its domain; this process trains none of them itself.
+    shutil.rmtree(out / "PK")                                    # new
+    (out / "DS" / "timing.json").unlink()                        # interrupted: resumed
+    calls.clear()
+    capsys.readouterr()
+    assert train.main(args + ["--jobs", "2"]) == 0 and calls == []
+    printed = capsys.readouterr().out
+    assert "training 2 domain(s) (PK DS), 2 at a time" in printed
+    assert "PK: started (new run" in printed and "DS: started (resuming" in printed
+    assert "PK: finished, best mAP" in printed and "DS: finished run found" in printed
+    for domain in ("PK", "DS"):
+        assert (out / domain / "timing.json").is_file()
+        assert not (out / domain / "running.pid").exists()
+        assert "best mAP" in (out / domain / "output.txt").read_text()   # the child's last line
+    again = json.loads((out / "tvsum_table.json").read_text())
+    assert again["mAP"]["PK"] == json.loads((out / "PK" / "metrics.json").read_text())["brief"]["mAP"]
+    # DS stopped after its last epoch: resuming it trained nothing, so its number is unchanged.
+    assert {d: v for d, v in again["mAP"].items() if d != "PK"} == \
+        {d: v for d, v in table["mAP"].items() if d != "PK"}
+    # A failing child is reported by domain after the others have ended; their results stay.
+    (out / "DS" / "timing.json").unlink()
+    (out / "DS" / "last.ckpt").write_bytes(b"not a checkpoint")
+    shutil.rmtree(out / "BT")
+    with pytest.raises(SystemExit, match=r"the DS run\(s\) failed"):
+        train.main(args + ["--jobs", "2"])
+    assert "--resume: cannot read" in (out / "DS" / "output.txt").read_text()
+    assert (out / "BT" / "timing.json").is_file()
+    with pytest.raises(SystemExit, match="--jobs trains TVSum domains"):
+        train.main(args + ["--jobs", "2", "--domain", "VT"])
 
 
 def test_eval_history_keeps_the_later_line_of_a_re_done_epoch(tmp_path):

@@ -112,6 +112,10 @@ def parse_args(argv=None):
                    help="text feature streams (default: clip); clip,blip for VideoLights-B")
     p.add_argument("--domain", default=None, choices=data.TVSUM_DOMAINS,
                    help="TVSum only: one domain (e.g. BK); default: all 10, one run each")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="TVSum, all domains: train N domains at once, each in its own process "
+                        "with 1/N of the CPU threads, its output in <results>/<domain>/output.txt "
+                        "(default: 1, one domain after the other in this process)")
     p.add_argument("--results-dir", default=None,
                    help="where the run writes its files (default: results/<model>_<data>)")
     p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
@@ -789,7 +793,14 @@ def prediction_svg(row, gt, clip_len, top_k=3, width=900):
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
+    raw_argv = list(sys.argv[1:] if argv is None else argv)     # --jobs hands it to its children
     args = parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit("--jobs: at least 1")
+    if args.jobs > 1 and (args.data != "tvsum" or args.domain or args.resume or args.eval_only
+                          or args.compare or args.benchmark or args.tvsum_summary):
+        raise SystemExit("--jobs trains TVSum domains in parallel: it goes with --data tvsum "
+                         "without --domain, --resume, --eval-only, --compare or --benchmark")
     if args.tvsum_summary:
         return tvsum_summary(args.tvsum_summary)
     if args.benchmark:
@@ -802,7 +813,11 @@ def main(argv=None):
     if args.resume:
         if not os.path.isfile(args.resume):
             raise SystemExit(f"--resume: no checkpoint at {args.resume}")
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+        except Exception as err:        # a truncated copy, or not a checkpoint at all
+            raise SystemExit(f"--resume: cannot read {args.resume} as a checkpoint "
+                             f"({type(err).__name__}: {err})") from None
         if checkpoint.get("model_name") != args.model or checkpoint.get("data") != args.data:
             raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
@@ -874,7 +889,10 @@ def main(argv=None):
             run(args, module, cfg, spec, feat_root, results_dir, domains[0], checkpoint)
             return 0
         # All ten domains, one run each in <results>/<domain>/: hours on a CPU, so the same
-        # command again reuses the finished domains and resumes an interrupted one.
+        # command again reuses the finished domains and resumes an interrupted one. With --jobs
+        # the child processes train them first, and this loop then finds them all finished.
+        if args.jobs > 1:
+            train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains)
         table = {}
         for domain in domains:
             sub = os.path.join(results_dir, domain)
@@ -1000,31 +1018,108 @@ TVSUM_PAPER = {
 }
 
 
-def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
-    """One domain of the all-domain TVSum command: reuse a finished run (timing.json is written
-    last), resume an interrupted one from its last.ckpt, or train it; returns its best top-5 mAP.
-    A folder that holds a run with another configuration is refused, never mixed into the table."""
+def domain_state(args, cfg, sub):
+    """Where one domain of the all-domain TVSum command stands: "new", "interrupted" (resumable from
+    its last.ckpt) or "finished" (timing.json is written last). A folder that holds a run with
+    another configuration is refused, never mixed into the table."""
     config_path = os.path.join(sub, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            saved = json.load(f)
-        if saved.get("model") != args.model or saved.get("config") != json.loads(
-                json.dumps(dataclasses.asdict(cfg))):
-            raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
-                             f"than this command's; pass another --results-dir")
-        if os.path.isfile(os.path.join(sub, "timing.json")):
-            with open(os.path.join(sub, "metrics.json")) as f:
-                best = json.load(f)
-            print(f"{domain}: finished run found in {sub}, reused")
-            return best["brief"]["mAP"]
-        last = os.path.join(sub, "last.ckpt")
-        if not os.path.isfile(last):
-            raise SystemExit(f"{sub} holds a run that stopped before its first checkpoint; "
-                             f"delete that folder and run the command again")
+    if not os.path.isfile(config_path):
+        return "new"
+    with open(config_path) as f:
+        saved = json.load(f)
+    if saved.get("model") != args.model or saved.get("config") != json.loads(
+            json.dumps(dataclasses.asdict(cfg))):
+        raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
+                         f"than this command's; pass another --results-dir")
+    if os.path.isfile(os.path.join(sub, "timing.json")):
+        return "finished"
+    if not os.path.isfile(os.path.join(sub, "last.ckpt")):
+        raise SystemExit(f"{sub} holds a run that stopped before its first checkpoint; "
+                         f"delete that folder and run the command again")
+    return "interrupted"
+
+
+def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
+    """One domain of the all-domain TVSum command: reuse a finished run, resume an interrupted one
+    from its last.ckpt, or train it; returns its best top-5 mAP."""
+    state = domain_state(args, cfg, sub)
+    if state == "finished":
+        with open(os.path.join(sub, "metrics.json")) as f:
+            best = json.load(f)
+        print(f"{domain}: finished run found in {sub}, reused")
+        return best["brief"]["mAP"]
+    if state == "interrupted":
         print(f"{domain}: resuming the interrupted run in {sub}")
-        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(os.path.join(sub, "last.ckpt"), map_location="cpu",
+                                weights_only=False)
         return run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
     return run(args, module, cfg, spec, feat_root, sub, domain)["mAP"]
+
+
+JOBS_POLL_S = 1.0      # --jobs: how often the parent looks for finished children
+
+
+def train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains):
+    """--jobs N: train the domains that are not finished, N at a time. Each is a child process of
+    this same command line restricted to one domain (--domain D --results-dir <results>/D, plus
+    --resume for an interrupted one), with 1/N of this process's threads (OMP_NUM_THREADS), so N
+    runs share the cores instead of fighting over them. A child's output goes to
+    <results>/D/output.txt; its running.pid keeps a second command from training the same domain.
+    A failed domain does not stop the others: the failures are reported once all have ended."""
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    todo = []
+    for domain in domains:
+        sub = os.path.join(results_dir, domain)
+        state = domain_state(args, cfg, sub)
+        if state == "finished":
+            continue                        # the table pass below says "reused"
+        # Flags given later win in argparse, so the appended ones override the user's.
+        cmd = [sys.executable, os.path.abspath(__file__), *raw_argv, "--jobs", "1",
+               "--no-progress", "--domain", domain, "--results-dir", sub]
+        if state == "interrupted":
+            cmd += ["--resume", os.path.join(sub, "last.ckpt")]
+        todo.append((domain, sub, cmd))
+    if not todo:
+        return
+    print(f"--jobs {args.jobs}: training {len(todo)} domain(s) ({' '.join(d for d, _, _ in todo)}), "
+          f"{args.jobs} at a time, {threads} thread(s) each; output in <domain>/output.txt")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    running, failed, done = {}, [], 0
+    try:
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                domain, sub, cmd = todo.pop(0)
+                os.makedirs(sub, exist_ok=True)
+                out = open(os.path.join(sub, "output.txt"), "a")
+                running[domain] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                    env=env), out, sub)
+                print(f"{domain}: started ({'resuming' if '--resume' in cmd else 'new run'}, "
+                      f"pid {running[domain][0].pid})")
+            time.sleep(JOBS_POLL_S)
+            for domain in [d for d, (proc, _, _) in running.items() if proc.poll() is not None]:
+                proc, out, sub = running.pop(domain)
+                out.close()
+                if proc.returncode == 0:
+                    done += 1
+                    with open(os.path.join(sub, "metrics.json")) as f:
+                        best = json.load(f)
+                    print(f"{domain}: finished, best mAP {best['brief']['mAP']} at epoch "
+                          f"{best['epoch']} ({done} done this time)")
+                else:
+                    failed.append(domain)
+                    print(f"{domain}: FAILED (exit code {proc.returncode}); see "
+                          f"{os.path.join(sub, 'output.txt')}")
+    finally:
+        # Ctrl-C or an error in this process: stop the children too. Their last.ckpt stays, so the
+        # same command resumes them.
+        for proc, out, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            out.close()
+    if failed:
+        raise SystemExit(f"--jobs: the {', '.join(failed)} run(s) failed (the end of their "
+                         f"output.txt says why); the other domains are done. Fix it and run the "
+                         f"same command again: finished domains are reused")
 
 
 def eval_history(results_dir):
