@@ -236,6 +236,11 @@ def default_config(dataset):
         # boundary loss, the score heads trained with BCE against the saliency labels. The script
         # defines kernel 5 / 2 convs / 3 MLP layers but never passes them, so config.py's defaults
         # 3 / 3 / 3 ran; max_q_l -1 becomes a 100-row (unused) table. No NMS (no moments).
+        # Features: the paper's TVSum row used SlowFast + CLIP. The official loader reads the
+        # title features under the key "last_hidden_state", which the UMT I3D release (key
+        # "token") does not have; on I3D we read "token" like every model, raw and uncut, as
+        # that loader treats its text (its video: rgb and flow concatenated, then L2-normalised, as
+        # data.py does).
         return Config(batch_size=4, lr=1e-3, weight_decay=0.05, epochs=600, lr_drop=3000,
                       t2v_layers=2, num_dummies=3, kernel_size=3, num_conv_layers=3,
                       num_mlp_layers=3, strides=(1,), mr_loss=False, snce_col=False, max_q_l=100,
