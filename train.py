@@ -27,6 +27,7 @@ at any moment never leaves a half-written checkpoint, prediction or metrics file
   val_preds.jsonl  the best epoch's predictions on the eval split, official submission format
   metrics.json     the best epoch's metrics ("brief" block as the official evaluation prints it)
   running.pid      while a process trains into the folder (another one is refused meanwhile)
+  output.txt       TVSum with --jobs: what the domain's child process printed
 
 The model files all follow one contract (see trdetr.py): `Config`, `default_config(dataset)`,
 `build(cfg, video_dim, text_dim) -> (model, loss)`, `model(video_feats, video_mask, query_feats,
@@ -1081,10 +1082,11 @@ def train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains):
         todo.append((domain, sub, cmd))
     if not todo:
         return
-    print(f"--jobs {args.jobs}: training {len(todo)} domain(s) ({' '.join(d for d, _, _ in todo)}), "
+    total = len(todo)
+    print(f"--jobs {args.jobs}: training {total} domain(s) ({' '.join(d for d, _, _ in todo)}), "
           f"{args.jobs} at a time, {threads} thread(s) each; output in <domain>/output.txt")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    running, failed, done = {}, [], 0
+    running, failed, ended = {}, [], 0
     try:
         while todo or running:
             while todo and len(running) < args.jobs:
@@ -1099,16 +1101,16 @@ def train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains):
             for domain in [d for d, (proc, _, _) in running.items() if proc.poll() is not None]:
                 proc, out, sub = running.pop(domain)
                 out.close()
+                ended += 1
                 if proc.returncode == 0:
-                    done += 1
                     with open(os.path.join(sub, "metrics.json")) as f:
                         best = json.load(f)
                     print(f"{domain}: finished, best mAP {best['brief']['mAP']} at epoch "
-                          f"{best['epoch']} ({done} done this time)")
+                          f"{best['epoch']} ({ended} of {total})")
                 else:
                     failed.append(domain)
-                    print(f"{domain}: FAILED (exit code {proc.returncode}); see "
-                          f"{os.path.join(sub, 'output.txt')}")
+                    print(f"{domain}: FAILED (exit code {proc.returncode}; {ended} of {total}); "
+                          f"see {os.path.join(sub, 'output.txt')}")
     finally:
         # Ctrl-C or an error in this process: stop the children too. Their last.ckpt stays, so the
         # same command resumes them.
