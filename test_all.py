@@ -1589,7 +1589,7 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     assert "PK: finished, best mAP" in printed and "DS: finished run found" in printed
     for domain in ("PK", "DS"):
         assert (out / domain / "timing.json").is_file()
-        assert not (out / domain / "running.pid").exists()
+        assert not (out / domain / train.LOCK_FILE).exists()
         assert "best mAP" in (out / domain / "output.txt").read_text()   # the child's last line
     again = json.loads((out / "tvsum_table.json").read_text())
     assert again["mAP"]["PK"] == json.loads((out / "PK" / "metrics.json").read_text())["brief"]["mAP"]
@@ -1776,6 +1776,11 @@ def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
         train.load_initial_weights(bigger, str(run_dir / "best.ckpt"), "trdetr")
     with pytest.raises(SystemExit, match="not flashvtg"):
         train.load_initial_weights(model, str(run_dir / "best.ckpt"), "flashvtg")
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"--init: cannot read .*broken\.ckpt as a checkpoint"):
+        train.load_initial_weights(model, str(tmp_path / "broken.ckpt"), "trdetr")
+    with pytest.raises(SystemExit, match="--init: no checkpoint at"):
+        train.load_initial_weights(model, str(tmp_path / "absent.ckpt"), "trdetr")
     # From the command line: a new run that starts from those weights records where they came from.
     train.main(_train_args(root, tmp_path / "finetune", "--epochs", "1",
                            "--init", str(run_dir / "best.ckpt")))

@@ -371,12 +371,22 @@ def uses_nms(cfg, data_name):
     return getattr(cfg, "nms_thd", -1.0) > 0 and data_name != "tvsum"
 
 
+def read_checkpoint(path, flag):
+    """One of our checkpoints, read on the CPU; a missing or unreadable file (a truncated copy, or
+    not a checkpoint at all) is a clear error that starts with `flag` (the option that named it)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{flag}: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise SystemExit(f"{flag}: cannot read {path} as a checkpoint "
+                         f"({type(err).__name__}: {err})") from None
+
+
 def load_initial_weights(model, path, model_name):
     """--init: copy the weights of a checkpoint (e.g. a pretraining run's best.ckpt) into a fresh
     model; everything else (optimiser, epoch, RNG) starts anew, as the official fine-tuning does."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"--init: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path, "--init")
     if ckpt.get("model_name") != model_name:
         raise SystemExit(f"--init: {path} holds a {ckpt.get('model_name')} model, not {model_name}")
     try:
@@ -812,13 +822,7 @@ def main(argv=None):
 
     checkpoint = None
     if args.resume:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f"--resume: no checkpoint at {args.resume}")
-        try:
-            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
-        except Exception as err:        # a truncated copy, or not a checkpoint at all
-            raise SystemExit(f"--resume: cannot read {args.resume} as a checkpoint "
-                             f"({type(err).__name__}: {err})") from None
+        checkpoint = read_checkpoint(args.resume, "--resume")
         if checkpoint.get("model_name") != args.model or checkpoint.get("data") != args.data:
             raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
@@ -1051,8 +1055,7 @@ def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
         return best["brief"]["mAP"]
     if state == "interrupted":
         print(f"{domain}: resuming the interrupted run in {sub}")
-        checkpoint = torch.load(os.path.join(sub, "last.ckpt"), map_location="cpu",
-                                weights_only=False)
+        checkpoint = read_checkpoint(os.path.join(sub, "last.ckpt"), domain)
         return run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
     return run(args, module, cfg, spec, feat_root, sub, domain)["mAP"]
 
