@@ -17,6 +17,8 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -1604,6 +1606,53 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
         train.main(args + ["--jobs", "2"])
     assert "--resume: cannot read" in (out / "DS" / "output.txt").read_text()
     assert (out / "BT" / "timing.json").is_file()
+    # A domain that another command (one started by hand with --domain) is training when its turn
+    # comes is waited for, never started twice. Stand-ins hold the locks: one finishes VT meanwhile
+    # (writes its timing.json, releases the lock), so VT is reused; one dies holding BK, so BK is
+    # resumed from its last.ckpt once the lock is stale. A held domain without its first checkpoint
+    # yet (GA) is not taken for a broken one.
+    shutil.rmtree(out / "DS")
+    go = tmp_path / "go"        # the stand-ins act once the command has seen all three locks
+    stand_in = ("import pathlib, sys, time\n"
+                "d, go, act = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]\n"
+                "while not go.exists(): time.sleep(0.05)\n"
+                "if act == 'finish':\n"
+                "    (d / 'timing.json').write_text(sys.argv[4]); (d / 'running.pid').unlink()\n"
+                "if act == 'checkpoint, then die':\n"
+                "    (d.parent / 'GA.ckpt').rename(d / 'last.ckpt')\n")
+    timing_vt = (out / "VT" / "timing.json").read_text()
+    for domain in ("VT", "GA", "BK"):
+        (out / domain / "timing.json").unlink()
+    (out / "GA" / "last.ckpt").rename(out / "GA.ckpt")
+    acts = {"VT": ["finish", timing_vt], "GA": ["checkpoint, then die"], "BK": ["die"]}
+    stand_ins = {d: subprocess.Popen([sys.executable, "-c", stand_in, str(out / d), str(go), *a])
+                 for d, a in acts.items()}
+    for domain, proc in stand_ins.items():
+        (out / domain / train.LOCK_FILE).write_text(str(proc.pid))
+        # Reap each stand-in as it exits: a dead child not yet waited for still counts as alive.
+        threading.Thread(target=proc.wait, daemon=True).start()
+    try:
+        with pytest.raises(SystemExit, match="VT: .* is being trained into by process"):
+            train.main(args)                               # without --jobs: refused, nothing lost
+        assert calls == [] and (out / "VT" / train.LOCK_FILE).is_file()
+        real_sleep = time.sleep
+        monkeypatch.setattr(time, "sleep", lambda s: go.touch() or real_sleep(s))
+        capsys.readouterr()
+        assert train.main(args + ["--jobs", "2"]) == 0
+    finally:
+        go.touch()
+        for proc in stand_ins.values():
+            proc.wait(timeout=30)
+    printed = capsys.readouterr().out
+    assert "training 4 domain(s) (VT GA BK DS), 2 at a time" in printed
+    for domain in ("VT", "GA", "BK"):
+        assert f"{domain}: being trained into by process {stand_ins[domain].pid}" in printed
+    assert "VT: finished meanwhile by another command, reused" in printed
+    assert "BK: started (resuming" in printed and "GA: started (resuming" in printed
+    assert "DS: started (new run" in printed and "FAILED" not in printed
+    assert not (out / "VT" / "output.txt").exists()       # this command never ran VT
+    for domain in ("GA", "BK", "DS"):
+        assert (out / domain / "timing.json").is_file()
     with pytest.raises(SystemExit, match="--jobs trains TVSum domains"):
         train.main(args + ["--jobs", "2", "--domain", "VT"])
 

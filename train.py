@@ -424,6 +424,19 @@ def pid_alive(pid):
     return True
 
 
+def lock_holder(results_dir):
+    """The pid of another live process that holds results_dir/running.pid, else None (no marker,
+    an unreadable one, or one left by a process that died)."""
+    try:
+        with open(os.path.join(results_dir, LOCK_FILE)) as f:
+            holder = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if holder and holder != os.getpid() and pid_alive(holder):
+        return holder
+    return None
+
+
 def claim_results_dir(results_dir):
     """Mark results_dir as being trained into by this process (running.pid), or refuse when a live
     process holds it: two processes resuming the same run would interleave its files (this happens
@@ -435,12 +448,8 @@ def claim_results_dir(results_dir):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and pid_alive(holder):
+            holder = lock_holder(results_dir)
+            if holder:
                 raise SystemExit(f"{results_dir} is being trained into by process {holder} "
                                  f"({path}); wait for it, or pass another --results-dir")
             os.remove(path)                          # stale marker of a dead process
@@ -1024,18 +1033,22 @@ TVSUM_PAPER = {
 
 
 def domain_state(args, cfg, sub):
-    """Where one domain of the all-domain TVSum command stands: "new", "interrupted" (resumable from
-    its last.ckpt) or "finished" (timing.json is written last). A folder that holds a run with
-    another configuration is refused, never mixed into the table."""
+    """Where one domain of the all-domain TVSum command stands: "new", "running" (another live
+    process, e.g. a --domain command started by hand, holds its running.pid), "interrupted"
+    (resumable from its last.ckpt) or "finished" (timing.json is written last). A folder that holds
+    a run with another configuration is refused, never mixed into the table."""
     config_path = os.path.join(sub, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            saved = json.load(f)
+        if saved.get("model") != args.model or saved.get("config") != json.loads(
+                json.dumps(dataclasses.asdict(cfg))):
+            raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
+                             f"than this command's; pass another --results-dir")
+    if lock_holder(sub):
+        return "running"          # before the checks below: its files are still being written
     if not os.path.isfile(config_path):
         return "new"
-    with open(config_path) as f:
-        saved = json.load(f)
-    if saved.get("model") != args.model or saved.get("config") != json.loads(
-            json.dumps(dataclasses.asdict(cfg))):
-        raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
-                         f"than this command's; pass another --results-dir")
     if os.path.isfile(os.path.join(sub, "timing.json")):
         return "finished"
     if not os.path.isfile(os.path.join(sub, "last.ckpt")):
@@ -1048,6 +1061,10 @@ def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
     """One domain of the all-domain TVSum command: reuse a finished run, resume an interrupted one
     from its last.ckpt, or train it; returns its best top-5 mAP."""
     state = domain_state(args, cfg, sub)
+    if state == "running":
+        raise SystemExit(f"{domain}: {sub} is being trained into by process {lock_holder(sub)} "
+                         f"(another command); run this command again once it has ended (the "
+                         f"domains done so far are reused), or add --jobs 2, which waits for it")
     if state == "finished":
         with open(os.path.join(sub, "metrics.json")) as f:
             best = json.load(f)
@@ -1069,36 +1086,50 @@ def train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains):
     --resume for an interrupted one), with 1/N of this process's threads (OMP_NUM_THREADS), so N
     runs share the cores instead of fighting over them. A child's output goes to
     <results>/D/output.txt; its running.pid keeps a second command from training the same domain.
+    A domain's state is looked at again when its turn comes, since a command started by hand beside
+    this one (to use an idle core) may have finished it meanwhile, or may be training it: then this
+    command waits for that process and reuses its run, or resumes it if the process died.
     A failed domain does not stop the others: the failures are reported once all have ended."""
     threads = max(1, torch.get_num_threads() // args.jobs)
-    todo = []
-    for domain in domains:
-        sub = os.path.join(results_dir, domain)
-        state = domain_state(args, cfg, sub)
-        if state == "finished":
-            continue                        # the table pass below says "reused"
-        # Flags given later win in argparse, so the appended ones override the user's.
-        cmd = [sys.executable, os.path.abspath(__file__), *raw_argv, "--jobs", "1",
-               "--no-progress", "--domain", domain, "--results-dir", sub]
-        if state == "interrupted":
-            cmd += ["--resume", os.path.join(sub, "last.ckpt")]
-        todo.append((domain, sub, cmd))
+    todo = [d for d in domains
+            if domain_state(args, cfg, os.path.join(results_dir, d)) != "finished"]
     if not todo:
-        return
+        return                              # the table pass below says "reused"
     total = len(todo)
-    print(f"--jobs {args.jobs}: training {total} domain(s) ({' '.join(d for d, _, _ in todo)}), "
+    print(f"--jobs {args.jobs}: training {total} domain(s) ({' '.join(todo)}), "
           f"{args.jobs} at a time, {threads} thread(s) each; output in <domain>/output.txt")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    running, failed, ended = {}, [], 0
+    running, waiting, failed, ended = {}, [], [], 0
     try:
-        while todo or running:
+        while todo or running or waiting:
+            # A domain another process was training comes back into the queue once it has ended.
+            for domain in [d for d in waiting if not lock_holder(os.path.join(results_dir, d))]:
+                waiting.remove(domain)
+                todo.insert(0, domain)
             while todo and len(running) < args.jobs:
-                domain, sub, cmd = todo.pop(0)
+                domain = todo.pop(0)
+                sub = os.path.join(results_dir, domain)
+                state = domain_state(args, cfg, sub)
+                if state == "finished":
+                    ended += 1
+                    print(f"{domain}: finished meanwhile by another command, reused "
+                          f"({ended} of {total})")
+                    continue
+                if state == "running":
+                    waiting.append(domain)
+                    print(f"{domain}: being trained into by process {lock_holder(sub)} (another "
+                          f"command); waiting for it to end")
+                    continue
+                # Flags given later win in argparse, so the appended ones override the user's.
+                cmd = [sys.executable, os.path.abspath(__file__), *raw_argv, "--jobs", "1",
+                       "--no-progress", "--domain", domain, "--results-dir", sub]
+                if state == "interrupted":
+                    cmd += ["--resume", os.path.join(sub, "last.ckpt")]
                 os.makedirs(sub, exist_ok=True)
                 out = open(os.path.join(sub, "output.txt"), "a")
                 running[domain] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                                     env=env), out, sub)
-                print(f"{domain}: started ({'resuming' if '--resume' in cmd else 'new run'}, "
+                print(f"{domain}: started ({'resuming' if state == 'interrupted' else 'new run'}, "
                       f"pid {running[domain][0].pid})")
             time.sleep(JOBS_POLL_S)
             for domain in [d for d, (proc, _, _) in running.items() if proc.poll() is not None]:
