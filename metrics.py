@@ -122,6 +122,12 @@ def write_text_atomic(path, text: str) -> None:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            # mkstemp makes the file private (0600); give it the mode open() would (0666 less the
+            # umask), so results stay readable by whoever may read the other files of the run.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

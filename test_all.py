@@ -419,6 +419,16 @@ def test_atomic_writers_roundtrip(tmp_path):
     metrics.write_json_atomic(tmp_path / "o.json", {"a": {"b": 1.25}})
     assert (tmp_path / "o.json").read_text() == json.dumps({"a": {"b": 1.25}}, indent=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "r.jsonl"]   # no temp file left
+    # The files get the mode a plain open() gives (0666 less the umask), not mkstemp's private 0600.
+    if os.name == "posix":
+        old_umask = os.umask(0o022)
+        try:
+            metrics.write_json_atomic(tmp_path / "o.json", {})
+            (tmp_path / "plain").write_text("")
+        finally:
+            os.umask(old_umask)
+        assert (tmp_path / "o.json").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
 
 
 def _write_toy(folder, sub, gt):
