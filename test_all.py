@@ -1429,8 +1429,13 @@ def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
     log = (results / "log.txt").read_text().splitlines()
     assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2"]
     # A second run into the same directory is refused rather than overwriting it.
-    with pytest.raises(SystemExit, match="already holds a run"):
+    with pytest.raises(SystemExit, match="already holds a run: continue it with --resume"):
         train.main(_train_args(root, results, "--epochs", "2"))
+    # Without a last.ckpt (killed during its first epoch) the message does not offer --resume.
+    (tmp_path / "killed").mkdir()
+    shutil.copy(results / "config.json", tmp_path / "killed" / "config.json")
+    with pytest.raises(SystemExit, match="stopped during its first epoch, before any checkpoint"):
+        train.main(_train_args(root, tmp_path / "killed", "--epochs", "2"))
     # Resuming a run that finished at epoch 2, extended to 3 epochs, trains only epoch 3.
     assert train.main(_train_args(root, results, "--epochs", "3", "--resume",
                                   str(results / "last.ckpt"))) == 0
@@ -1441,7 +1446,8 @@ def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
 
 def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epoch(tmp_path,
                                                                                    monkeypatch):
-    # Short epochs (TVSum: one step each) must not rewrite the ~70 MB state every epoch.
+    # Short epochs (TVSum: one step each) must not rewrite the ~70 MB state every epoch; the first
+    # epoch's state is always written, so only a run killed during its first epoch has none.
     root = _tiny_synthetic(tmp_path / "syn")
     written = []
     save = train.save_atomic
@@ -1449,7 +1455,7 @@ def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epo
         written.append((os.path.basename(path), obj["epoch"])), save(obj, path)))
     monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 1e9)
     train.main(_train_args(root, tmp_path / "rare", "--epochs", "3"))
-    assert [e for name, e in written if name == "last.ckpt"] == [3]
+    assert [e for name, e in written if name == "last.ckpt"] == [1, 3]
     written.clear()
     monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
     train.main(_train_args(root, tmp_path / "every", "--epochs", "3"))
@@ -1584,6 +1590,16 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     (out / "DS" / "timing.json").unlink()
     assert train.main(args) == 0 and calls == ["DS"]
     assert (out / "DS" / "timing.json").is_file()
+    # One killed during its first epoch has no last.ckpt: it is started again from an empty
+    # folder (its old log does not stay).
+    (out / "DS" / "timing.json").unlink()
+    (out / "DS" / "last.ckpt").unlink()
+    capsys.readouterr()
+    assert train.main(args) == 0 and calls == ["DS", "DS"]
+    assert "DS: the run in" in capsys.readouterr().out
+    log = (out / "DS" / "log.txt").read_text().splitlines()
+    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1"]
+    assert (out / "DS" / "last.ckpt").is_file()
     # Another configuration into the same folder is refused, not mixed into the table.
     with pytest.raises(SystemExit, match="another configuration"):
         train.main(args + ["--seed", "5"])
@@ -1592,14 +1608,17 @@ def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_pat
     # command line restricted to its domain; this process trains none of them itself.
     shutil.rmtree(out / "PK")                                    # new
     (out / "DS" / "timing.json").unlink()                        # interrupted: resumed
+    (out / "MS" / "timing.json").unlink()                        # killed in its first epoch
+    (out / "MS" / "last.ckpt").unlink()
     calls.clear()
     capsys.readouterr()
     assert train.main(args + ["--jobs", "2"]) == 0 and calls == []
     printed = capsys.readouterr().out
-    assert "training 2 domain(s) (PK DS), 2 at a time" in printed
+    assert "training 3 domain(s) (MS PK DS), 2 at a time" in printed
     assert "PK: started (new run" in printed and "DS: started (resuming" in printed
+    assert "MS: the run in" in printed and "MS: started (new run" in printed
     assert "PK: finished, best mAP" in printed and "DS: finished run found" in printed
-    for domain in ("PK", "DS"):
+    for domain in ("MS", "PK", "DS"):
         assert (out / domain / "timing.json").is_file()
         assert not (out / domain / train.LOCK_FILE).exists()
         assert "best mAP" in (out / domain / "output.txt").read_text()   # the child's last line

@@ -16,7 +16,8 @@ What one run does, in order:
   4. After an epoch write `last.ckpt` (model, optimiser, scheduler, every RNG state), so a killed
      run resumed with --resume continues exactly where it stopped: after every epoch when epochs
      are long, at most once a minute when they are short (a TVSum epoch is one step: writing its
-     ~70 MB state 2,000 times would cost ~15% of the run), and always after the last one.
+     ~70 MB state 2,000 times would cost ~15% of the run), and always after the first and the
+     last one.
 
 Every file in the results directory is written atomically (temporary file + rename), so a run killed
 at any moment never leaves a half-written checkpoint, prediction or metrics file behind:
@@ -46,6 +47,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -74,8 +76,9 @@ MAX_WINDOW_END = 150.0
 # The labelled QVHighlights test file (moment_detr, released after the CodaLab server closed).
 QVH_TEST_GT = "highlight_test_with_gt.jsonl"
 
-# last.ckpt is rewritten after an epoch only when this many seconds passed since the previous
-# write (and always after the last epoch): a killed run loses at most a minute of training.
+# last.ckpt is written after the first epoch, then rewritten only when this many seconds passed
+# since the previous write (and always after the last epoch): a killed run loses at most a minute
+# of training, and only one killed during its first epoch has nothing to resume from.
 CHECKPOINT_EVERY_S = 60.0
 
 # What the per-evaluation line shows: the papers' headline columns (all of a shorter brief block).
@@ -465,8 +468,13 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     Returns the brief metrics of the best evaluation. Holds results_dir/running.pid meanwhile."""
     if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
         # Never overwrite a finished or interrupted run's files.
-        raise SystemExit(f"{results_dir} already holds a run: continue it with --resume "
-                         f"{os.path.join(results_dir, 'last.ckpt')}, or pass another --results-dir")
+        last = os.path.join(results_dir, "last.ckpt")
+        if not os.path.isfile(last):
+            raise SystemExit(f"{results_dir} holds a run that stopped during its first epoch, "
+                             f"before any checkpoint: delete that folder to start it again, or "
+                             f"pass another --results-dir")
+        raise SystemExit(f"{results_dir} already holds a run: continue it with --resume {last}, "
+                         f"or pass another --results-dir")
     lock = claim_results_dir(results_dir)
     try:
         return train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoint)
@@ -545,7 +553,7 @@ def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoin
                 "streams": {"video": args.video_feats, "text": args.text_feats}}
     timing = {"train_seconds": [], "load_seconds": [], "predict_seconds": None,
               "predicted_queries": len(some)}
-    last_saved = time.time()
+    last_saved = float("-inf")                 # the first epoch this process runs is always saved
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         sums, steps, t0 = {}, 0, time.time()
@@ -1035,8 +1043,9 @@ TVSUM_PAPER = {
 def domain_state(args, cfg, sub):
     """Where one domain of the all-domain TVSum command stands: "new", "running" (another live
     process, e.g. a --domain command started by hand, holds its running.pid), "interrupted"
-    (resumable from its last.ckpt) or "finished" (timing.json is written last). A folder that holds
-    a run with another configuration is refused, never mixed into the table."""
+    (resumable from its last.ckpt), "killed in its first epoch" (no checkpoint yet: started over,
+    which loses less than one epoch) or "finished" (timing.json is written last). A folder that
+    holds a run with another configuration is refused, never mixed into the table."""
     config_path = os.path.join(sub, "config.json")
     if os.path.isfile(config_path):
         with open(config_path) as f:
@@ -1052,9 +1061,17 @@ def domain_state(args, cfg, sub):
     if os.path.isfile(os.path.join(sub, "timing.json")):
         return "finished"
     if not os.path.isfile(os.path.join(sub, "last.ckpt")):
-        raise SystemExit(f"{sub} holds a run that stopped before its first checkpoint; "
-                         f"delete that folder and run the command again")
+        return "killed in its first epoch"
     return "interrupted"
+
+
+def start_domain_again(sub, domain):
+    """Empty the folder of a domain run killed during its first epoch (before its first last.ckpt,
+    e.g. by Ctrl-C on the all-domain command just after it started that domain), so it can be
+    trained from the start. At most one epoch's log is lost; nothing could resume from it."""
+    print(f"{domain}: the run in {sub} was stopped during its first epoch, before any "
+          f"checkpoint; starting it again")
+    shutil.rmtree(sub)
 
 
 def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
@@ -1074,6 +1091,8 @@ def run_or_reuse_domain(args, module, cfg, spec, feat_root, sub, domain):
         print(f"{domain}: resuming the interrupted run in {sub}")
         checkpoint = read_checkpoint(os.path.join(sub, "last.ckpt"), domain)
         return run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
+    if state == "killed in its first epoch":
+        start_domain_again(sub, domain)
     return run(args, module, cfg, spec, feat_root, sub, domain)["mAP"]
 
 
@@ -1120,6 +1139,8 @@ def train_domains_in_parallel(args, raw_argv, cfg, results_dir, domains):
                     print(f"{domain}: being trained into by process {lock_holder(sub)} (another "
                           f"command); waiting for it to end")
                     continue
+                if state == "killed in its first epoch":
+                    start_domain_again(sub, domain)
                 # Flags given later win in argparse, so the appended ones override the user's.
                 cmd = [sys.executable, os.path.abspath(__file__), *raw_argv, "--jobs", "1",
                        "--no-progress", "--domain", domain, "--results-dir", sub]
