@@ -1707,6 +1707,46 @@ def _tvsum_table_file(path, model, seed, values, lr=1e-3):
     return str(path)
 
 
+def test_readme_tvsum_rows_are_the_committed_result_files(capsys):
+    # Every TVSum number of ours in the README is traceable: each seed's two rows are its committed
+    # docs/tvsum/<model>_seed<S>.json, and a mean ± std row is --tvsum-summary of those files.
+    here = Path(__file__).resolve().parent
+    readme = (here / "README.md").read_text().splitlines()
+    names = {"trdetr": "TR-DETR", "taskweave": "TaskWeave", "videolights": "VideoLights",
+             "flashvtg": "FlashVTG"}
+
+    def cells_of(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")][-11:]
+
+    def row(model, marker):
+        found = [l for l in readme if l.startswith(f"| {names[model]} |") and marker in l]
+        assert len(found) == 1, (model, marker, found)
+        return cells_of(found[0])
+
+    files = sorted((here / "docs" / "tvsum").glob("*_seed*.json"))
+    assert len(files) >= 4
+    seeds = {}
+    for file in files:
+        t = json.loads(file.read_text())
+        assert file.name == f"{t['model']}_seed{t['seed']}.json"
+        assert list(t["mAP"]) == data.TVSUM_DOMAINS
+        seeds.setdefault(t["model"], []).append(file)
+        best = [f"{100 * t['mAP'][d]:.1f}" for d in data.TVSUM_DOMAINS] + [f"{100 * t['Avg']:.1f}"]
+        assert row(t["model"], f"this repo, seed {t['seed']}, best epoch") == best
+        n = set(t["evaluations"].values())
+        assert len(n) == 1
+        means = [t["mean_of_evaluations"][d] for d in data.TVSUM_DOMAINS]
+        assert row(t["model"], f"this repo, seed {t['seed']}, mean of all {n.pop()} evaluations") \
+            == [f"{100 * v:.1f}" for v in means] + [f"{100 * sum(means) / len(means):.1f}"]
+    for model, group in seeds.items():
+        if len(group) < 2:
+            continue
+        capsys.readouterr()
+        assert train.main(["--tvsum-summary", *map(str, group)]) == 0
+        summary = capsys.readouterr().out.splitlines()[2]
+        assert row(model, "best epoch, mean ± std") == cells_of(summary)
+
+
 def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
     runs = [_tvsum_table_file(tmp_path / f"s{seed}", "trdetr", seed, [base + i / 100 for i in range(10)])
             for seed, base in ((1, 0.5), (2, 0.6), (3, 0.7))]
