@@ -134,7 +134,9 @@ Checked against the official code (not part of the tests): the official model bu
 mirror with its own build_model, its weights copied into ours, eval mode, bicmf_mask_bug = True,
 batches with and without padding: every output (logits, spans, saliency, s_neg, s_mr, refined clips,
 aux layers) equal to 2e-6, every loss term (span, GIoU, CE, alignment, saliency; QVH and TVSum) to
-1e-6, every parameter gradient to 5e-8. The official TVSum loader (start_end_dataset.py with the
+1e-6, every parameter gradient to 5e-8. In training mode both apply the same dropouts (the same
+rates on the same tensors, attention weights included), apart from the decoder's in the official
+negative pass (note b). The official TVSum loader (start_end_dataset.py with the
 tvsum/train.sh options) and data.py with data_settings("tvsum") give exactly equal features, labels,
 positive masks and pairs for all 50 real TVSum videos (the UMT release).
 """
