@@ -1546,6 +1546,43 @@ def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
           if a["domain"] == "BK"]
     assert row["qid"] == gt[0]["qid"] and len(row["pred_saliency_scores"]) == len(gt[0]["label"])
     assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
+    # The fit check (README, TVSum): the last checkpoint scored on the domain's 4 training videos,
+    # into files named after the split, beside nothing that could pass for the reported numbers.
+    assert train.main(["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
+                       str(SHARED / "realdata" / "tvsum"), "--eval-only", "--eval-split", "train",
+                       "--resume", str(run_dir / "last.ckpt")]) == 0
+    out = run_dir / "eval_last"
+    assert sorted(p.name for p in out.iterdir()) == ["train_metrics.json", "train_preds.jsonl"]
+    rows = metrics.read_jsonl(out / "train_preds.jsonl")
+    train_gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_train.jsonl")
+                if a["domain"] == "BK"]
+    assert sorted(r["qid"] for r in rows) == sorted(a["qid"] for a in train_gt) and len(rows) == 4
+    fit = json.loads((out / "train_metrics.json").read_text())
+    assert (fit["split"], fit["domain"]) == ("train", "BK")
+    assert fit["brief"]["mAP"] == metrics.evaluate_tvsum(rows, train_gt)["brief"]["mAP"]
+
+
+def test_eval_split_scores_another_split_and_refuses_what_it_cannot_score(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    train.main(_train_args(root, run_dir, "--epochs", "1"))
+    base = ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root), "--no-progress",
+            "--resume", str(run_dir / "best.ckpt")]
+    assert train.main([*base, "--eval-only", "--eval-split", "train"]) == 0
+    rows = metrics.read_jsonl(run_dir / "eval_best" / "train_preds.jsonl")
+    gt = metrics.read_jsonl(root / "highlight_train_release.jsonl")
+    assert len(rows) == len(gt)
+    fit = json.loads((run_dir / "eval_best" / "train_metrics.json").read_text())
+    assert fit["split"] == "train" and fit["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+    # Naming the eval split itself writes the usual files.
+    assert train.main([*base, "--eval-only", "--eval-split", "val"]) == 0
+    saved = json.loads((run_dir / "eval_best" / "metrics.json").read_text())
+    assert saved["split"] == "val"
+    assert saved["brief"] == json.loads((run_dir / "metrics.json").read_text())["brief"]
+    with pytest.raises(SystemExit, match="go with --eval-only"):
+        train.main([*base, "--eval-split", "train"])
+    with pytest.raises(SystemExit, match="labelled splits train, val, not 'test'"):
+        train.main([*base, "--eval-only", "--eval-split", "test"])
 
 
 @pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),

@@ -133,6 +133,10 @@ def parse_args(argv=None):
                    help="continue a run from its last.ckpt, or (with --eval-only) the weights to evaluate")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate --resume CKPT on the eval split (and write QVH test predictions)")
+    p.add_argument("--eval-split", default=None, metavar="SPLIT",
+                   help="with --eval-only: score this split instead of the dataset's eval split, "
+                        "e.g. train (how well the checkpoint fits its own training data); "
+                        "writes <SPLIT>_preds.jsonl and <SPLIT>_metrics.json")
     p.add_argument("--test-gt", default=None, metavar="JSONL",
                    help="QVH, with --eval-only: the labelled test file (moment_detr's "
                         "highlight_test_with_gt.jsonl) to score test_preds.jsonl with; default: "
@@ -491,7 +495,7 @@ def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoin
         check_amp(device)
     seed_everything(cfg.seed)
 
-    eval_split = spec.eval_split
+    eval_split = (args.eval_split or spec.eval_split) if args.eval_only else spec.eval_split
     splits = [eval_split] if args.eval_only else ["train", eval_split]
     datasets = {s: data.load_dataset(spec, feat_root, s, domain=domain, anno_dir=args.anno_dir,
                                      progress=show) for s in splits if s != "train" or not args.pretrain}
@@ -674,25 +678,32 @@ def write_timing(results_dir, timing, device, model_name, n_params, amp=False):
 
 
 def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_dir, device, domain):
-    """--eval-only: predictions and metrics of one checkpoint; QVH also gets test predictions."""
+    """--eval-only: predictions and metrics of one checkpoint; QVH also gets test predictions.
+    With --eval-split another (labelled) split is scored instead, into files named after it."""
     show = not args.no_progress
+    split = args.eval_split or spec.eval_split
+    # The eval split keeps the names training writes (val_preds.jsonl, metrics.json); another split
+    # gets its own, so a train-split check never reads as the reported numbers.
+    other = split != spec.eval_split
+    preds_name, metrics_name = ((f"{split}_preds", f"{split}_metrics") if other
+                                else ("val_preds", "metrics"))
     rows = predict_split(model, module, dataset, cfg, device, args.data, show)
     result = score(rows, dataset, args.data)
-    metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds.jsonl"), rows)
-    metrics.write_json_atomic(os.path.join(results_dir, "metrics.json"), {
-        "model": args.model, "data": args.data, "domain": domain, "split": spec.eval_split,
+    metrics.write_jsonl_atomic(os.path.join(results_dir, f"{preds_name}.jsonl"), rows)
+    metrics.write_json_atomic(os.path.join(results_dir, f"{metrics_name}.json"), {
+        "model": args.model, "data": args.data, "domain": domain, "split": split,
         "checkpoint": os.path.abspath(args.resume), "brief": result["brief"]})
-    print(json.dumps(result["brief"], indent=4))
+    print(f"{split} split:\n" + json.dumps(result["brief"], indent=4))
     if uses_nms(cfg, args.data):
         nms_rows = apply_nms(rows, cfg)
         nms_result = score(nms_rows, dataset, args.data)
-        metrics.write_jsonl_atomic(os.path.join(results_dir, "val_preds_nms.jsonl"), nms_rows)
-        metrics.write_json_atomic(os.path.join(results_dir, "metrics_nms.json"), {
-            "model": args.model, "data": args.data, "split": spec.eval_split,
+        metrics.write_jsonl_atomic(os.path.join(results_dir, f"{preds_name}_nms.jsonl"), nms_rows)
+        metrics.write_json_atomic(os.path.join(results_dir, f"{metrics_name}_nms.json"), {
+            "model": args.model, "data": args.data, "split": split,
             "checkpoint": os.path.abspath(args.resume), "nms_thd": cfg.nms_thd,
             "brief": nms_result["brief"]})
         print(f"with NMS {cfg.nms_thd}:\n" + json.dumps(nms_result["brief"], indent=4))
-    if args.data == "qvh":
+    if args.data == "qvh" and not other:
         # The QVHighlights test split: the submission file the (former) CodaLab server took.
         test = data.load_dataset(spec, feat_root, "test", anno_dir=args.anno_dir, progress=show)
         test_rows = predict_split(model, module, test, cfg, device, args.data, show)
@@ -851,8 +862,9 @@ def main(argv=None):
         args.text_feats = args.text_feats or streams.get("text")
     elif args.eval_only:
         raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
-    if (args.plot or args.plot_qids or args.test_gt) and not args.eval_only:
-        raise SystemExit("--plot, --plot-qids and --test-gt go with --eval-only --resume CKPT")
+    if (args.plot or args.plot_qids or args.test_gt or args.eval_split) and not args.eval_only:
+        raise SystemExit("--plot, --plot-qids, --test-gt and --eval-split go with --eval-only "
+                         "--resume CKPT")
     if args.init and (args.resume or args.eval_only):
         raise SystemExit("--init starts a new run from a checkpoint's weights; it does not go "
                          "with --resume or --eval-only")
@@ -871,6 +883,11 @@ def main(argv=None):
         # The model's official loader preprocesses this dataset differently (e.g. VideoLights cuts
         # Charades-STA videos at 75 clips): same files, other cuts/normalisation.
         spec = dataclasses.replace(spec, **module.data_settings(args.data))
+    if args.eval_split and (args.eval_split not in spec.splits
+                            or args.eval_split in spec.unlabelled_splits):
+        labelled = [s for s in spec.splits if s not in spec.unlabelled_splits]
+        raise SystemExit(f"--eval-split: {args.data} has the labelled splits "
+                         f"{', '.join(labelled)}, not {args.eval_split!r}")
     args.video_feats = ",".join(s.name for s in spec.video_streams)     # recorded in checkpoints
     args.text_feats = ",".join(s.name for s in spec.text_streams)
 
