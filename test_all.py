@@ -1583,6 +1583,8 @@ def test_eval_split_scores_another_split_and_refuses_what_it_cannot_score(tmp_pa
         train.main([*base, "--eval-split", "train"])
     with pytest.raises(SystemExit, match="labelled splits train, val, not 'test'"):
         train.main([*base, "--eval-only", "--eval-split", "test"])
+    with pytest.raises(SystemExit, match="not with --eval-split train"):
+        train.main([*base, "--eval-only", "--eval-split", "train", "--test-gt", str(root / "x")])
 
 
 @pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),

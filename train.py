@@ -888,6 +888,9 @@ def main(argv=None):
         labelled = [s for s in spec.splits if s not in spec.unlabelled_splits]
         raise SystemExit(f"--eval-split: {args.data} has the labelled splits "
                          f"{', '.join(labelled)}, not {args.eval_split!r}")
+    if args.test_gt and args.eval_split not in (None, spec.eval_split):
+        raise SystemExit(f"--test-gt scores the QVH test submission, which --eval-only writes "
+                         f"with the eval split only, not with --eval-split {args.eval_split}")
     args.video_feats = ",".join(s.name for s in spec.video_streams)     # recorded in checkpoints
     args.text_feats = ",".join(s.name for s in spec.text_streams)
 
