@@ -495,7 +495,7 @@ def train_one(args, module, cfg, spec, feat_root, results_dir, domain, checkpoin
         check_amp(device)
     seed_everything(cfg.seed)
 
-    eval_split = (args.eval_split or spec.eval_split) if args.eval_only else spec.eval_split
+    eval_split = args.eval_split if args.eval_only else spec.eval_split
     splits = [eval_split] if args.eval_only else ["train", eval_split]
     datasets = {s: data.load_dataset(spec, feat_root, s, domain=domain, anno_dir=args.anno_dir,
                                      progress=show) for s in splits if s != "train" or not args.pretrain}
@@ -681,7 +681,7 @@ def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_di
     """--eval-only: predictions and metrics of one checkpoint; QVH also gets test predictions.
     With --eval-split another (labelled) split is scored instead, into files named after it."""
     show = not args.no_progress
-    split = args.eval_split or spec.eval_split
+    split = args.eval_split
     # The eval split keeps the names training writes (val_preds.jsonl, metrics.json); another split
     # gets its own, so a train-split check never reads as the reported numbers.
     other = split != spec.eval_split
@@ -891,6 +891,8 @@ def main(argv=None):
     if args.test_gt and args.eval_split not in (None, spec.eval_split):
         raise SystemExit(f"--test-gt scores the QVH test submission, which --eval-only writes "
                          f"with the eval split only, not with --eval-split {args.eval_split}")
+    if args.eval_only:
+        args.eval_split = args.eval_split or spec.eval_split    # the split --eval-only scores
     args.video_feats = ",".join(s.name for s in spec.video_streams)     # recorded in checkpoints
     args.text_feats = ",".join(s.name for s in spec.text_streams)
 
