@@ -18,15 +18,12 @@ anchor decoder, saliency losses with a mismatched-query negative pass) with thre
       expert (a depthwise + pointwise CNN for MR, the identity for HD). The two expert outputs are
       multiplied element-wise. The MR stream feeds the anchor decoder, the HD stream a small
       Linear/Conv1d saliency head (Eq. 2).
-  (b) inter-task feedback (Sec. 3.3), in one of two manners, chosen by Config.feedback:
+  (b) inter-task feedback (Sec. 3.3) in one of two manners (Config.feedback), switched on after
+      epoch 100 because "each task requires learning before providing effective feedback":
       "mr2hd" (moment-to-mask, the paper's MgF): how many of the Nq predicted moments cover each
           clip, L2-normalised, re-weights the input of the HD head: J = X_hd + X_hd * xi.
       "hd2mr" (highlightness-to-mask, HgF): clips whose saliency is above the video mean are
           marked 1, the others 0; the marked clips are doubled and the MR side is computed again.
-      The paper's Table 3 mixes two checkpoints: its MR columns (R1, mAP) come from the "mr2hd"
-      run and its HD columns (HD mAP, HIT@1) from the "hd2mr" run (the authors confirm it in
-      EdenGabriel/TaskWeave issue #4). Feedback starts after the first 100 epochs (see
-      Config.feedback_start): "each task requires learning before providing effective feedback".
   (c) a task-dependent joint loss (Sec. 3.4, Eq. 3-9): Kendall-style uncertainty weighting. Two
       learnable log-variances gamma_mr, gamma_hd (model parameters, initialised to 0) weigh the MR
       loss sum and the HD loss sum, so the balance of the tasks is learned, not hand-tuned.
@@ -41,7 +38,7 @@ Paper -> code
   Eq. (2)   lightweight decoder for HD   TaskWeave.highlight_head
   M2M       moment-guided feedback       TaskWeave.moment_to_mask              Fig. 3 (a)
   H2M       highlightness-guided feedbk  TaskWeave.forward, the "hd2mr" branch Fig. 3 (b)
-  Eq. (5), (8), (9)  joint loss          TaskWeaveLoss (in the form of Sec. 4.1, see below)
+  Eq. (5), (8), (9)  joint loss          TaskWeaveLoss (in the form of Sec. 4.1, note 2)
 
 Data flow (B videos, Lv clips, Lq words, d = 256, Nq = 10 queries)
 -------------------------------------------------------------------
@@ -56,95 +53,10 @@ Data flow (B videos, Lv clips, Lq words, d = 256, Nq = 10 queries)
   + negative pass              the same video with the next sample's query -> saliency_neg (B, Lv)
   + gamma_mr, gamma_hd         the two learnable uncertainties of the joint loss
 
-Where we follow the official code, not the paper
-------------------------------------------------
-(The code produced the published numbers; the tests here check it, not the paper.)
-  1. Joint loss: L = exp(-gamma_mr) L_mr + 2 exp(-gamma_hd) L_hd + gamma_mr + gamma_hd, the form
-     of the paper's implementation details (Sec. 4.1), not Eq. (5)/(8)/(9), L_mr/(2 delta_mr) +
-     log delta_mr + L_hd/delta_hd + log delta_hd (its "gamma = log delta^2" rewrite is not an
-     exact substitution). L_mr = L1 + GIoU + CE of BOTH decoder layers, each with coefficient 1:
-     the 10/1/4 weights of the official config only scale the LOGGED numbers there. The "BCE" of
-     the paper is QD-DETR's 2-class softmax cross-entropy with background weight 0.1, averaged
-     over all B * Nq queries. L_hd = hinge + rank-contrastive + negative-pair saliency losses.
-  2. The MR-specific "CNN" expert is, as run, a learned constant (note A below, Config
-     mr_expert_mask_bug). Table 5's "CNN" rows were produced this way.
-  3. "hd2mr" does NOT re-weight X_mr before the decoder (paper: X_mr + X_mr * xi_h2m). It doubles
-     the above-mean clips of the PROJECTED VIDEO V0 and runs the whole model (fusion, task-decoupled
-     unit, decoder) a second time with the same weights. The mean includes padded clips, the
-     comparison is strict, and the returned (and supervised) saliency is the FIRST pass's.
-  4. "mr2hd" bins the predicted spans on a fixed axis: the official code multiplies the normalised
-     (start, end) by 150 (seconds, QVHighlights' video length), truncates to integer 1-s bins,
-     marks every bin from start to end inclusive for all Nq queries (no score filter), sums, then
-     averages each pair of 1-s bins into its 2-s clip. That is 2 bins per PADDED clip when the
-     batch is padded to 75 clips (our generalisation, note C). Only the HD head's input is
-     modulated; the residual sum of Eq. (2) still reads X_hd. No gradient flows through the mask.
-  5. MaxPool1d(5, 1, 2) is applied three times per pass: after the fusion and after each
-     shared-expert output (the paper mentions one). It pools over padded clips too.
-  6. The shared expert has 2 layers (hard-coded, not enc_layers). The HD head (Eq. 2) is
-     Linear -> Conv1d(kernel 1) -> Linear with no activation in between: an affine map of each clip.
-  7. Feedback starts at a hard-coded epoch (epoch_i + 1 > 100), not "half of the max epoch". It is
-     also ON whenever the model is called without an epoch (standalone inference).
-  8. The negative pass (QD-DETR's): the batch's queries rolled by one (sample b gets the query of
-     sample b + 1 mod B), on the UNMODIFIED V0, without feedback. It runs in evaluation too.
-  9. Text tokens get zero position embeddings; the learned text position table (8,704 parameters)
-     is built but never used. We keep it unused so that the parameter count equals the official.
-
-Official bugs, and what we do with them
----------------------------------------
-  A. (reproduced by default: it defines the published model) The MR expert's masked convolution is
-     given the PADDING mask (1 on padded clips) where it expects a VALID mask. Its output is
-     therefore 0 at every real clip, the channel LayerNorm of 0 is its bias beta, and the expert
-     returns pointwise(beta) = c, one learned 256-vector shared by all clips and videos: as run,
-     X_mr = c * shared_expert(M_mr). The depthwise weights and the LayerNorm weight get exactly zero
-     gradient. Config.mr_expert_mask_bug = False gives the CNN the paper describes.
-  B. (not reproduced by default, as in trdetr.py) The T2V layer's extra attn_mask, tiled head-major
-     where torch reads batch-major: sample b, head h gets the mask of sample (b * nhead + h) mod B,
-     so a sample's outputs depend on the other samples' padding. Config.t2v_mask_bug = True
-     reproduces it exactly. Without video padding in the batch it changes nothing.
-  C. (generalised) "mr2hd" needs the padded length to be exactly 75 clips (the fixed 150-s axis is
-     reshaped to (B, 75, 2) and broadcast against the clips); any other padded length crashes, so
-     it cannot run on Charades-STA or TVSum. We use 2 bins per padded clip, which is bit-identical
-     for a batch padded to 75 clips and works for any length. Spans are normalised by each video's
-     own duration but laid out on the padded axis, as in the official code (a 120-s video in a
-     batch padded to 150 s gets a stretched mask). Config.mr2hd_axis = "valid" lays each video's
-     spans over its own clips instead.
-  D. (fixed) On TVSum the official MR loss is the Python int 0, and the training script crashes on
-     `loss_mr.device`. Without moment labels we drop the MR half of the joint loss (its uncertainty
-     term included): L = 2 exp(-gamma_hd) L_hd + gamma_hd. (lighthouse keeps "+ gamma_mr", whose
-     constant gradient of 1 only drifts gamma_mr and enters the gradient-norm clip.)
-  E. (fixed) Other crashes of the released code that the published runs must have patched: missing
-     imports in utils/model_utils.py, a `.cuda()` in the transformer, the TVSum evaluation calling
-     the model without the epoch, the "mr2hd" block left inside a string literal (the manner was
-     switched by editing the code: here it is Config.feedback).
-
-Where we differ from the official code (numerically the same, or behaviour-preserving)
---------------------------------------------------------------------------------------
-  a. The official code runs the full model (decoder included) in every pass and throws parts away:
-     the decoder of the "hd2mr" first pass and of the negative pass, the HD stream of the "hd2mr"
-     second pass, the MR stream of the negative pass. We compute only what is used. The results are
-     identical in evaluation mode; in training only the dropout random draws differ.
-  b. The "hd2mr" update is out-of-place (the official code writes into the projected video in
-     place); same values and gradients.
-  c. Batch-first tensors, (B, L, d); text and video kept side by side instead of concatenated.
-     The HD head's kernel-1 Conv1d and the MR expert keep their official Conv1d form.
-  d. Layers are built independently (the official code deep-copies one layer, so per-layer biases
-     start out identical; xavier re-initialises every matrix anyway).
-
-Known consequences of the official schedule (read before training)
-------------------------------------------------------------------
-  - QVHighlights, 200 epochs: feedback trains for epochs 101-200, as in the paper.
-  - TVSum, 2000 epochs: feedback from epoch 101 (not 1001). The released code, which produced the
-    TVSum numbers, is the "hd2mr" version; there the returned saliency comes from the first pass,
-    so feedback cannot change what TVSum measures (it only costs a second pass). "mr2hd" could
-    not run on TVSum officially (bug C), and its decoder gets no training signal there.
-  - Charades-STA, 100 epochs: epoch_i + 1 > 100 never holds, so feedback never trains and never
-    runs in the periodic evaluation, yet `--eval-only` (epoch None) switches it on. With "mr2hd"
-    that changes only the saliency, which Charades-STA does not score. The paper's rule ("half of
-    the max epoch") is `--set feedback_start=50`.
-  - Model EMA (decay 0.9, once per EPOCH, starting from the random init) is what gets evaluated;
-    at epoch 5 it is still 0.9^5 = 59 % initial weights, so early evaluations look poor.
-  - The logged loss_overall is the true joint loss; its optimum for fixed losses is
-    gamma_mr = ln L_mr, gamma_hd = ln(2 L_hd), i.e. loss_overall -> 2 + ln L_mr + ln(2 L_hd).
+Where the official code and the paper disagree we follow the code, which produced the published
+numbers. Notes 1-31 at the end of this file list each such place, the official bugs and what we do
+with each, where we differ from the official code, and what the official schedule implies for
+training; docs/taskweave.md holds the measured evidence.
 """
 
 import math
@@ -180,8 +92,8 @@ class Config:
     num_queries: int = 10          # decoder slots = candidate moments per video
     max_q_l: int = 32              # sizes the unused text position table (parameter parity only)
     aux_loss: bool = True          # also supervise decoder layers before the last
-    mr_expert_mask_bug: bool = True    # official bug A: the MR "CNN" expert is a learned constant
-    t2v_mask_bug: bool = False     # True: reproduce the official T2V attn_mask bug B exactly
+    mr_expert_mask_bug: bool = True    # official bug: the MR "CNN" expert is a constant (note 14)
+    t2v_mask_bug: bool = False     # True: reproduce the official T2V attn_mask bug (note 16)
     # --- inter-task feedback
     # "mr2hd" = moment-to-mask: the paper's MR columns (R1, mAP) come from this run (best_model_mr).
     # "hd2mr" = highlightness-to-mask: the paper's HD columns (HD mAP, HIT@1) come from this run
@@ -190,12 +102,10 @@ class Config:
     feedback: str = "mr2hd"
     # Feedback is on when epoch + 1 > feedback_start (epoch = the loop's 0-based index), and always
     # when the model is called without an epoch (standalone inference). 100 is the official
-    # hard-coded value, meant as "half of the 200 epochs". It is NOT rescaled with the number of
-    # epochs: TVSum (2000 epochs) gets feedback from epoch 101, Charades-STA (100 epochs) never
-    # trains with it but evaluates with it under --eval-only (module docstring).
+    # hard-coded value, meant as "half of the 200 epochs", and NOT rescaled (notes 11, 26-29).
     feedback_start: int = 100
     mr2hd_axis: str = "padded"     # "padded": official (2 bins per padded clip = 150 1-s bins at
-                                   # 75 clips); "valid": each video's own clips (bug C)
+                                   # 75 clips); "valid": each video's own clips (notes 17-18)
     # --- Hungarian matcher costs (QD-DETR's)
     set_cost_class: float = 4.0
     set_cost_span: float = 10.0
@@ -233,7 +143,7 @@ def default_config(dataset):
     if dataset == "charades":
         # The official repository has no Charades-STA code. The paper (Sec. 4.1): AdamW 1e-4 / 1e-4,
         # batch 32, 100 epochs. Everything else as on QVHighlights, including feedback_start = 100,
-        # which means no feedback during training (module docstring). The paper reports R1@0.5 and
+        # which means no feedback during training (note 29). The paper reports R1@0.5 and
         # R1@0.7; we select on the stricter one.
         return Config(epochs=100, best_metric="MR-full-R1@0.7")
     if dataset == "tvsum":
@@ -244,11 +154,10 @@ def default_config(dataset):
         return Config(lr=1e-3, batch_size=4, epochs=2000, lr_drop=2000, use_matcher=False,
                       seed=2017, best_metric="mAP", feedback="hd2mr")
     if dataset == "synthetic":
-        # The QVHighlights recipe with fewer epochs, for the CPU quick start (~1.4x TR-DETR's time
-        # per epoch: the negative pass and the shared expert run on two streams). Feedback starts
+        # The QVHighlights recipe with fewer epochs, for the CPU quick start. Feedback starts
         # halfway, as the paper words its rule (the official 100 would never be reached). 40, not
         # TR-DETR's 30: the evaluated EMA (decay 0.9 per epoch) trails the trained weights by
-        # about 10 epochs, and a 20-epoch run was measured still on the MR plateau (mAP 6.19).
+        # about 10 epochs, and a 20-epoch run ended still on the MR plateau (docs/taskweave.md).
         return Config(epochs=40, feedback_start=20)
     raise ValueError(f"taskweave.py default_config: unknown dataset {dataset!r}; "
                      f"expected one of 'qvh', 'charades', 'tvsum', 'synthetic'")
@@ -365,8 +274,8 @@ class T2VEncoderLayer(nn.Module):
     def forward(self, clip_feats, clip_pos, word_feats, word_pad, clip_pad):
         bug_mask = None
         if self.mask_bug:
-            # Official bug B: (padded clip, padded word) pairs, tiled head-major while torch reads
-            # the (B * nhead) axis batch-major.
+            # Note 16 (end of file): (padded clip, padded word) pairs, tiled head-major while torch
+            # reads the (B * nhead) axis batch-major.
             bug_mask = (clip_pad[:, :, None] & word_pad[:, None, :]).repeat(self.nhead, 1, 1)
         attended = self.cross_attn(clip_feats + clip_pos, word_feats, word_feats, attn_mask=bug_mask,
                                    key_padding_mask=word_pad, need_weights=False)[0]  # (B, Lv, d)
@@ -404,7 +313,7 @@ class MRSpecificExpert(nn.Module):
     filter per channel), a LayerNorm over the channels of each clip, a pointwise (1x1) convolution.
 
     The convolution output is multiplied by a clip mask (ActionFormer's MaskedConv1D). The official
-    code passes the PADDING mask (bug A, mask_bug=True): the output is then 0 at every real clip,
+    code passes the PADDING mask (notes 14-15, mask_bug=True): the output is 0 at every real clip,
     the LayerNorm maps 0 to its bias, and the whole expert returns the same learned vector
     pointwise(bias) at every real clip. mask_bug=False masks with the valid clips, as intended.
     """
@@ -647,7 +556,7 @@ class TaskWeave(nn.Module):
         """One pass of fusion + task-decoupled unit: V0 (B, Lv, d) -> X_mr, X_hd (B, Lv, d).
 
         need_mr / need_hd: skip a stream whose result the caller would throw away (the official
-        code always computes both; see note a of the module docstring).
+        code always computes both; note 22 at the end of the file).
         """
         video_pad = ~video_mask
         joint = clip_feats
@@ -689,7 +598,7 @@ class TaskWeave(nn.Module):
         """
         B, Lv = video_mask.shape
         if self.cfg.mr2hd_axis == "padded":
-            n_clips = torch.full((B,), Lv, device=video_mask.device)          # official (note C)
+            n_clips = torch.full((B,), Lv, device=video_mask.device)          # official (note 17)
         else:
             n_clips = video_mask.sum(1)                                         # each video's own
         n_bins = (2 * n_clips).to(pred_spans.dtype)[:, None, None]             # (B, 1, 1): 150 at 75
@@ -860,7 +769,7 @@ class TaskWeaveLoss(nn.Module):
             weight_hd = cfg.joint_hd_factor * torch.exp(-gamma_hd)
             total = weight_hd * loss_hd + gamma_hd                         # Eq. (8) as run
             terms.update(weight_hd=weight_hd.item(), gamma_hd=gamma_hd.item())
-            if mr_terms:          # TVSum has no moments: no MR half at all (bug D)
+            if mr_terms:          # TVSum has no moments: no MR half at all (note 19)
                 loss_mr = sum(mr_terms.values())
                 weight_mr = torch.exp(-gamma_mr)
                 total = total + weight_mr * loss_mr + gamma_mr             # Eq. (5) as run; Eq. (9)
@@ -893,3 +802,90 @@ def predict(outputs, video_mask):
 def build(cfg, video_dim, text_dim):
     """The model and its loss, as train.py builds every model: (TaskWeave, TaskWeaveLoss)."""
     return TaskWeave(cfg, video_dim, text_dim), TaskWeaveLoss(cfg)
+
+# ------------------------------------------------------------------------------------------------
+# Notes: where the official code differs from the paper, and we from it
+# ------------------------------------------------------------------------------------------------
+# The official code produced the published numbers, so we follow it; the tests check it, not the
+# paper. Notes 1-13: the official code against the paper. 14-21: official bugs and what we do with
+# each. 22-25: where we differ from the official code (same numbers, or behaviour-preserving).
+# 26-31: what the official schedule implies; read them before training.
+#
+#  1. The paper's Table 3 mixes two checkpoints: its MR columns (R1, mAP) come from the "mr2hd"
+#     run, its HD columns (HD mAP, HIT@1) from the "hd2mr" run; the authors confirm it in
+#     github.com/EdenGabriel/TaskWeave/issues/4. Config.feedback.
+#  2. Joint loss: L = exp(-gamma_mr) L_mr + 2 exp(-gamma_hd) L_hd + gamma_mr + gamma_hd, the form of
+#     Sec. 4.1, not Eq. (5)/(8)/(9): L_mr/(2 delta_mr) + log delta_mr + L_hd/delta_hd + log delta_hd
+#     (its "gamma = log delta^2" rewrite is not exact). Config.loss_fusion, Config.joint_hd_factor.
+#  3. L_mr = L1 + GIoU + CE of BOTH decoder layers, coefficient 1 each: the official 10/1/4 scale
+#     only the LOGGED numbers (Config.span_loss_coef etc. act only with loss_fusion="weighted").
+#  4. The paper's "BCE" is QD-DETR's 2-class softmax CE, background weight 0.1 (Config.eos_coef),
+#     averaged over all B * Nq queries. L_hd = hinge + rank-contrastive + negative-pair losses.
+#  5. The MR-specific "CNN" expert is, as run, a learned constant (notes 14-15); Table 5's "CNN"
+#     rows were produced this way. Config.mr_expert_mask_bug.
+#  6. "hd2mr" does NOT re-weight X_mr (paper: X_mr + X_mr * xi_h2m): it doubles the above-mean clips
+#     of the PROJECTED VIDEO V0 and reruns fusion, task-decoupled unit and decoder with the same
+#     weights. The mean includes padding, ">" is strict, the returned saliency is the FIRST pass's.
+#  7. "mr2hd" lays the spans on a fixed axis: normalised (start, end) x 150 (s, QVHighlights' video
+#     length), truncated to 1-s bins; bins start..end inclusive counted over all Nq queries (no
+#     score filter), then bin pairs averaged into 2-s clips: 2 bins per PADDED clip at 75 (note 17).
+#  8. "mr2hd" modulates only the HD head's input; the residual sum of Eq. (2) still reads X_hd. No
+#     gradient flows through the mask.
+#  9. MaxPool1d(5, 1, 2) runs three times per pass, after the fusion and after each shared-expert
+#     output (the paper mentions one), and pools over padded clips too.
+# 10. The shared expert has 2 layers, hard-coded, not enc_layers (Config.shared_layers). The HD head
+#     (Eq. 2) is Linear -> Conv1d(kernel 1) -> Linear with no activation: an affine map per clip.
+# 11. Feedback starts at a hard-coded epoch (epoch_i + 1 > 100), not "half of the max epoch", and is
+#     also ON whenever the model is called without an epoch (standalone inference).
+#     Config.feedback_start.
+# 12. The negative pass (QD-DETR's): the batch's queries rolled by one (sample b gets the query of
+#     sample b + 1 mod B), on the UNMODIFIED V0, without feedback. It runs in evaluation too.
+# 13. The learned text position table (8,704 parameters) is built but never used: words get zero
+#     position embeddings. Kept unused for parameter parity. Config.max_q_l.
+# 14. Bug, reproduced by default (it defines the published model): the MR expert's masked
+#     convolution gets the PADDING mask where it expects the VALID one, so its output is 0 at every
+#     real clip and the channel LayerNorm of 0 is its bias beta. Config.mr_expert_mask_bug.
+# 15. So the expert returns pointwise(beta) = c, one learned 256-vector for all clips and videos:
+#     as run X_mr = c * shared_expert(M_mr), and the depthwise weights and the LayerNorm weight get
+#     exactly zero gradient. Config.mr_expert_mask_bug = False gives the CNN the paper describes.
+# 16. Bug, off by default (as in trdetr.py): the T2V layer's extra attn_mask is tiled head-major
+#     where torch reads batch-major, so sample b, head h gets sample (b * nhead + h) mod B's mask.
+#     No effect without video padding. Config.t2v_mask_bug = True reproduces it exactly.
+# 17. Bug, generalised: official "mr2hd" reshapes the 150-s axis to (B, 75, 2) against the clips, so
+#     any other padded length crashes (no Charades-STA, no TVSum). We use 2 bins per padded clip:
+#     identical for a batch padded to 75 clips, and any length works.
+# 18. As in the official code, spans normalised by each video's own duration are laid out on the
+#     padded axis (a 120-s video in a batch padded to 150 s gets a stretched mask).
+#     Config.mr2hd_axis = "valid" lays each video's spans over its own clips instead.
+# 19. Bug, fixed: on TVSum the official MR loss is the Python int 0 and the script crashes on
+#     `loss_mr.device`. Without moment labels (Config.use_matcher False) we drop the MR half and its
+#     uncertainty term: L = 2 exp(-gamma_hd) L_hd + gamma_hd.
+# 20. lighthouse keeps "+ gamma_mr" there; its constant gradient of 1 only drifts gamma_mr and
+#     enters the gradient-norm clip.
+# 21. Bugs, fixed: other crashes the published runs must have patched: missing imports in
+#     utils/model_utils.py, a `.cuda()` in the transformer, the TVSum evaluation calling the model
+#     without the epoch, the "mr2hd" block left in a string literal (here: Config.feedback).
+# 22. The official code runs the full model in every pass and discards parts (the decoder of the
+#     "hd2mr" first pass and of the negative pass, the HD stream of the "hd2mr" second pass, the MR
+#     stream of the negative pass). We skip them: identical in evaluation, dropout draws differ.
+# 23. The "hd2mr" update is out-of-place (the official code writes into the projected video in
+#     place): same values and gradients.
+# 24. Batch-first (B, L, d); text and video kept side by side instead of concatenated. The HD head's
+#     kernel-1 Conv1d and the MR expert keep their official Conv1d form.
+# 25. Layers are built independently (the official code deep-copies one layer, so per-layer biases
+#     start out identical; xavier re-initialises every matrix anyway).
+# 26. QVHighlights, 200 epochs: feedback trains for epochs 101-200, as in the paper.
+# 27. TVSum, 2000 epochs: feedback from epoch 101 (not 1001). The released code, which produced the
+#     TVSum numbers, is "hd2mr": its returned saliency is the first pass's, so feedback cannot
+#     change what TVSum measures (it only costs a second pass).
+# 28. "mr2hd" could not run on TVSum officially (note 17), and its decoder gets no training signal
+#     there.
+# 29. Charades-STA, 100 epochs: epoch_i + 1 > 100 never holds, so feedback never trains nor runs in
+#     the periodic evaluation, yet `--eval-only` (epoch None) switches it on ("mr2hd": only the
+#     saliency changes, unscored there). The paper's "half of the max epoch" is
+#     `--set feedback_start=50`.
+# 30. The model EMA (decay 0.9, once per EPOCH, from the random init) is what gets evaluated; at
+#     epoch 5 it is still 0.9^5 = 59 % initial weights, so early evaluations look poor.
+#     Config.ema_decay.
+# 31. The logged loss_overall is the true joint loss. For fixed losses its optimum is
+#     gamma_mr = ln L_mr, gamma_hd = ln(2 L_hd), i.e. loss_overall -> 2 + ln L_mr + ln(2 L_hd).

@@ -45,61 +45,9 @@ Data flow (B videos, Lv clips, Lq words, d = 256, Nq = 10 queries)
   -> heads                  pred_logits (B, Nq, 2), pred_spans (B, Nq, 2) (center, width)
   -> MR2HD                  top-1 span -> GRU -> s (B, Lv);  saliency = saliency_proj1(Z_hat (1 + s))
 
-Where we follow the official code, not the paper
-------------------------------------------------
-(The code produced the published numbers; the tests here check it, not the paper.)
-  1. Input MLPs: 2 layers (LayerNorm -> Dropout 0.5 -> Linear, ReLU after the first only); paper: 3.
-  2. Local regulator: cosine similarity to the masked mean of unit word vectors, divided by a
-     temperature 0.07, then BCE-with-logits averaged over all B*Lv clips, padding included, weight
-     0.5. Paper: sigmoid(cos), mean over a (L, N) matrix, sum over clips, weight 0.3.
-  3. Global regulator: symmetric InfoNCE (text->video and video->text) with temperature 0.07 on
-     the UNMASKED means over the padded length, weight 0.3. Paper: one direction, no temperature.
-  4. Refinement: VSLNet trilinear attention (no 1/sqrt(d), dropout on its inputs), two per-clip
-     linear layers (the official 1x1 convolutions) and a final ReLU; the text is pooled by a learned
-     attention, not by a mean. Paper: linear-projection dot products and one linear over 5 parts.
-  5. Eq. (11) is 2 QD-DETR T2V layers with an FFN each. The FFN residual is added to the
-     un-normalised input (QD-DETR's quirk, kept). A 2-layer self-attention encoder follows them.
-  6. HD2MR: Z_hat = E(E(Z) + softmax(H) * Z), with the same encoder weights used twice and an
-     UNMASKED softmax over Lv. H gets no loss of its own. Paper: MHA(Z + softmax(H) * Z).
-  7. MR2HD: top-1 query only; floor() clip indices computed with the PADDED length Lv; Python slice
-     semantics (a negative start usually gives an empty slice); the GRU runs over the zero-padded
-     length-Lv sequence; raw dot product (no cosine, no softmax); Z_hat * (1 + s); the saliency head
-     is the SAME saliency_proj1 as in HD2MR. Paper: cosine, softmax, Z + softmax(S) * Z_hat.
-  8. Class loss: sigmoid focal loss on both channels (alpha 0.25, gamma 2). Paper: QD-DETR's CE.
-  9. The learned text position table exists (8,704 parameters) but is never used: use_txt_pos is
-     False in the official run, so text tokens get zero position embeddings. We keep it unused, so
-     the parameter count matches exactly.
-
-No negative-pair branch
------------------------
-QD-DETR runs each video a second time with a mismatched query (the batch's queries rolled by one)
-and adds a "negative pair" saliency loss on that pass. TR-DETR's official code has no such pass:
-its model.py has no mismatched forward and no saliency_scores_neg, the saliency loss has no
-neg-pair term, and QD-DETR's global token and saliency_proj2 are gone (the latter is commented out
-in transformer.py). The only mismatched pairs TR-DETR sees are the in-batch negatives of the global
-alignment loss, and its irrelevant clips are the negatives of the local one. We follow the code: no
-negative-pair branch. (common.neg_pair_loss is there for the models that do use one.)
-
-Where we differ from the official code (all numerically negligible or behaviour-preserving)
------------------------------------------------------------------------------------------------
-  a. T2V attention mask: the official code also passes an attn_mask built as outer(clip padding,
-     token padding) and tiled head-major (`repeat(nhead, 1, 1)`), while torch reads that dimension
-     batch-major. Batch item b, head h therefore gets the mask of item (b * nhead + h) mod B. This
-     masks some real (clip, word) pairs of item b wherever ANOTHER item is padded. It is a bug: the
-     key padding mask already hides padded words. By default we use the key padding mask alone, so
-     a sample's outputs never depend on the other samples' lengths. Without video padding in the
-     batch the two are identical. With it they are not negligible: at initialisation one 60-clip
-     video in a QVH batch of 32 moves other samples' logits by up to ~0.08. About 3% of QVH
-     training queries are short, so most batches of 32 contain one. Charades-STA pads almost every
-     batch. Config.t2v_mask_bug = True reproduces the official behaviour exactly.
-  b. We work batch-first, (B, L, d), and keep the text beside the video instead of concatenating
-     and splitting them. The 1x1 convolutions of the refinement are written as nn.Linear (same
-     function and initialisation distribution). The anchor sine embedding uses d/2 features per
-     coordinate; the official code hard-codes 128, which is the same at d = 256.
-  c. MR2HD picks the top query with argmax; the official code sorts the scores and takes the first.
-     They differ only for exactly tied probabilities.
-  d. Layers are built independently. The official code builds one layer and deep-copies it, so its
-     per-layer biases start out identical (xavier re-initialises every matrix anyway).
+Where the official code and the paper disagree we follow the code, which produced the published
+numbers. Notes 1-16 at the end of this file list each such place and each place where we differ
+from the official code; docs/trdetr.md holds the measured evidence.
 """
 
 import math
@@ -131,7 +79,7 @@ class Config:
     num_queries: int = 10          # decoder slots = candidate moments per video
     max_q_l: int = 32              # sizes the unused text position table (parameter parity only)
     aux_loss: bool = True          # also supervise decoder layers before the last
-    t2v_mask_bug: bool = False     # True: reproduce the official T2V attn_mask bug exactly (note a)
+    t2v_mask_bug: bool = False     # True: reproduce the official T2V attn_mask bug (notes 12-13)
     # --- Hungarian matcher costs
     set_cost_class: float = 4.0
     set_cost_span: float = 10.0
@@ -347,7 +295,7 @@ class T2VEncoderLayer(nn.Module):
     def forward(self, clip_feats, clip_pos, word_feats, word_pad, clip_pad):
         bug_mask = None
         if self.mask_bug:
-            # Module docstring, note a: (padded clip, padded word) pairs, tiled head-major while
+            # Note 12 (end of file): (padded clip, padded word) pairs, tiled head-major while
             # torch reads the (B * nhead) axis batch-major, so sample b, head h gets the mask of
             # sample (b * nhead + h) mod B.
             bug_mask = (clip_pad[:, :, None] & word_pad[:, None, :]).repeat(self.nhead, 1, 1)
@@ -789,3 +737,53 @@ def predict(outputs, video_mask):
 def build(cfg, video_dim, text_dim):
     """The model and its loss, as train.py builds every model: (TRDETR, TRDETRLoss)."""
     return TRDETR(cfg, video_dim, text_dim), TRDETRLoss(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Notes: where the official code differs from the paper, and we from it
+# ------------------------------------------------------------------------------------------------
+# The official code produced the published numbers, so we follow it; the tests check it, not the
+# paper. Notes 1-11: the official code against the paper; notes 12-16: where we differ from it.
+#
+#  1. Input MLPs, Eq. (1)-(2): 2 layers (LayerNorm -> Dropout 0.5 -> Linear, ReLU after the first
+#     only); the paper says 3. Config.n_input_proj, Config.input_dropout.
+#  2. Local regulator, Eq. (3)-(4): cosine to the masked mean of unit word vectors / temperature
+#     0.07, BCE-with-logits averaged over all B*Lv clips (padding included), weight 0.5. Paper:
+#     sigmoid(cos), mean over an (L, N) matrix, sum over clips, weight 0.3. Config.ctc_loss_coef.
+#  3. Global regulator, Eq. (5): symmetric InfoNCE (text->video and video->text), temperature 0.07,
+#     on the UNMASKED means over the padded length, weight 0.3. Paper: one direction, no
+#     temperature. Config.vtc_loss_coef, Config.align_temperature.
+#  4. Refinement, Eq. (6)-(10): VSLNet trilinear attention (no 1/sqrt(d), dropout on its inputs),
+#     two per-clip linears (the official 1x1 convolutions), a final ReLU, text pooled by a learned
+#     attention. Paper: linear-projection dot products, one linear over 5 parts, a mean.
+#  5. Eq. (11) is 2 QD-DETR T2V layers, each with an FFN whose residual is added to the
+#     un-normalised input (QD-DETR's quirk, kept); a 2-layer self-attention encoder follows them.
+#     Config.enc_layers.
+#  6. HD2MR, Eq. (12)-(13): Z_hat = E(E(Z) + softmax(H) * Z), the same encoder weights twice, an
+#     UNMASKED softmax over Lv; H gets no loss of its own. Paper: MHA(Z + softmax(H) * Z).
+#  7. MR2HD moment, Eq. (14): top-1 query only; floor() clip indices from the PADDED length Lv;
+#     Python slice rules (a negative start usually gives an empty slice); the GRU runs over the
+#     zero-padded length-Lv sequence.
+#  8. MR2HD score, Eq. (15)-(16): raw dot product (no cosine, no softmax), Z_hat * (1 + s), read by
+#     the SAME saliency_proj1 as HD2MR. Paper: cosine, softmax, Z + softmax(S) * Z_hat.
+#  9. Class loss: sigmoid focal loss on both channels (alpha 0.25, gamma 2); paper: QD-DETR's CE.
+# 10. No negative-pair branch: no QD-DETR rerun with the batch's queries rolled by one, no
+#     saliency_scores_neg, no neg-pair loss; QD-DETR's global token and saliency_proj2 (commented
+#     out in the official transformer.py) are gone. The only negatives: the global loss's in-batch
+#     pairs, the local loss's irrelevant clips. We follow it (common.neg_pair_loss: other models).
+# 11. The learned text position table (8,704 parameters) is built but never used (use_txt_pos is
+#     False in the official run): words get zero position embeddings. Kept unused for parameter
+#     parity. Config.max_q_l.
+# 12. Official T2V attention mask bug: besides the key padding mask, an attn_mask outer(clip
+#     padding, word padding) tiled head-major (`repeat(nhead, 1, 1)`) where torch reads batch-major:
+#     item b, head h gets item (b * nhead + h) mod B's mask and loses real pairs where it is padded.
+# 13. We use the key padding mask alone (it already hides padded words), so a sample never depends
+#     on the others' lengths. Identical without video padding in the batch, not negligible with it
+#     (docs/trdetr.md). Config.t2v_mask_bug = True reproduces the official behaviour exactly.
+# 14. Batch-first (B, L, d), text kept beside the video (not concatenated and split); the
+#     refinement's 1x1 convolutions are nn.Linear (same function and init distribution); the anchor
+#     sine embedding uses d/2 features per coordinate (official: 128, the same at d = 256).
+# 15. MR2HD takes the top query by argmax; the official code sorts the scores and takes the first.
+#     They differ only for exactly tied probabilities.
+# 16. Layers are built independently; the official code deep-copies one layer, so its per-layer
+#     biases start out identical (xavier re-initialises every matrix anyway).
