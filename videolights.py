@@ -16,25 +16,15 @@ QD-DETR's saliency losses) with five changes:
       "word-clip correlation" term, and a 1x1 convolution mixes them back to d. An alignment loss
       (Moment-DETR's query-token contrastive loss + a clip-sentence cosine loss) supports it;
   (c) bi-directional cross-modal fusion (Bi-CMF): clips attend to words, words attend to clips, then
-      the updated clips attend to the updated words, then an FFN. This replaces QD-DETR's one-way
-      text-to-video layer;
+      the updated clips attend to the updated words, then an FFN (QD-DETR: text-to-video only);
   (d) uni-directional joint-task feedback (Uni-JFM), MR -> HD: the top-1 predicted moment gives a
-      second saliency (TR-DETR's MR2HD: a GRU over the moment's clips rescales the encoder memory).
-      A cosine loss ties it to the ground truth, and a second cosine loss does the same for the main
-      saliency. Both are training signals only: the HD output stays QD-DETR's saliency head;
+      second saliency (TR-DETR's MR2HD: a GRU over the moment's clips rescales the encoder memory),
+      tied to the ground truth by a cosine loss, as is the main saliency. Both are training
+      signals only: the HD output stays QD-DETR's saliency head;
   (e) adaptive hard positive / negative losses: squared errors between the normalised predicted and
       ground-truth saliency, on relevant and on irrelevant clips, weighted by 10 * (epoch + 1).
-Variants: "-B" adds BLIP-2 features to SlowFast + CLIP, "-pt" first pretrains on ~188k synthetic
-(caption, 10-s window) pairs (see `pretrain_config`). The data loader builds the -B inputs; this
-file only sees video_dim / text_dim. Officially (start_end_dataset.py): each video stream is cut to
-max_v_l clips and L2-normalised per clip, all are cut to the shortest and concatenated in the order
-SlowFast 2304, CLIP 512, BLIP-2 768, then the 2 tef dims (3586 in all). The text streams (CLIP 512
-tokens, BLIP-2 Q-Former 768 tokens) are each cut to 32 tokens and L2-normalised per token, then cut
-to the SHORTER token count and concatenated per token INDEX (1280). CLIP and BERT tokenise
-differently, so token i of one is glued to token i of the other: they are not the same word.
-
-Parameter count (trainable, = the official build_model): 10,399,975 for QVHighlights / Charades-STA
-SF+CLIP (2818 / 512), 10,796,263 for -B (3586 / 1280), 10,201,831 for TVSum I3D (2050 / 512).
+Variants: "-B" adds BLIP-2 features to SlowFast + CLIP (the data loader builds them, notes 16-17);
+"-pt" first pretrains on ~188k synthetic (caption, 10-s window) pairs (`pretrain_config`).
 
 Paper -> code
 -------------
@@ -64,81 +54,9 @@ Data flow (B videos, Lv clips, Lq words, d = 256, Nq = 10 queries)
   -> negative pair          the same V with the batch's queries rolled by one -> s_neg (B, Lv)
   -> MR2HD (loss only)      top-1 span of V_bar -> GRU -> s_mr (B, Lv)
 
-Where we follow the official code, not the paper
-------------------------------------------------
-(The code produced the published numbers; these notes say what it does.)
-  1. Projection: 2 layers of LayerNorm -> Dropout 0.5 -> Conv1d(kernel 1), ReLU after the first
-     only. A kernel-1 convolution is a Linear layer (same parameters, same init distribution). The
-     paper writes relu(FFCNN(.)); there is no final ReLU.
-  2. FRA: the "V_Q = V_bar T_bar^T" term is, in the code, a softmax over words of the clip-word dot
-     products that weights copies of ONE learned vector c_q * w_v. The softmax weights sum to 1, so
-     the term is that learned vector for every clip of every input (FeatureRefinement explains it).
-     V_S is cos(clip, sentence) times a learned vector, and S_v is the sentence vector pooled by a
-     learned attention (not a mean). Padded clips get log(1e-45) ~ -103.28 added to their cosine
-     before the mixing convolution.
-  3. Bi-CMF: the text branch has no LayerNorm (its norm exists, unused); the third attention gets no
-     positions; the FFN "residual" adds the FFN output to itself, LN(f + dropout(f)), with no skip
-     from the FFN input; the updated text is used inside the layer only (the next layer and the
-     encoder get the original text, and the encoder drops the text anyway). Positions are fixed
-     sines for clips, zeros for words and one learned vector for the global token. The paper's
-     "self-attention on the fused context" is the 3-layer encoder that follows.
-  4. Uni-JFM: MR2HD reads the PRE-refinement projected clips V_bar of the top-1 moment (floor()
-     indices scaled by the PADDED length Lv, Python slice semantics, a GRU over the zero-padded
-     length-Lv sequence, a raw dot product), and has its own saliency head saliency_proj_mr. s_mr is
-     supervised by L_tc only and never used at inference.
-  5. Hard losses: BOTH are MSE (paper: L1 for the negatives), between L2-normalised rows of the
-     min-shifted prediction and of the labels, averaged over all B * Lv entries, padding included,
-     times 10 * (epoch + 1). The positive clips are those with a label > 0.
-  6. The cosine losses L_ts, L_tc and vt_align are SUMMED over the batch (paper: a mean), over all Lv
-     clips, padding included, after a shift by the batch-wide minimum prediction and a division by
-     the batch-wide label range.
-  7. qt_align (Eq. 4) uses the projected text BEFORE fusion (Moment-DETR: encoder memory) and sums
-     over padded tokens too. vt_align is added to it (final decoder layer only) and both share the
-     weight 0.2, which the paper does not give.
-  8. The classification loss is QD-DETR's cross-entropy with class weights (1 foreground, 0.1
-     background), reduction "none" then a plain mean over B * Nq.
-  9. The negative pair reuses the clips refined with the POSITIVE query (FRA is not re-run) and has
-     no same-video filter (a rolled pair can share its video).
- 10. Parameters that exist but are never used, kept so that the count equals the official model's:
-     the text position table (8,704), the clip-memory contrastive projection (16,448) and the
-     Bi-CMF text LayerNorm (512).
- 11. On TVSum (no moments) only the saliency loss is computed: no matcher, no MR loss, no alignment
-     loss (its 0.8 weight in the TVSum script does nothing).
-
-Where we differ from the official code (all numerically negligible or behaviour-preserving)
------------------------------------------------------------------------------------------------
-  a. Bi-CMF attention mask. The official layer also passes attn_mask = outer(query padding, key
-     padding), tiled head-major with `repeat(nhead, 1, 1)` while torch reads that axis batch-major.
-     Sample b, head h then gets the mask of sample (b * nhead + h) mod B, which hides some REAL
-     (clip, word) pairs of sample b wherever another sample is padded. This is the same bug as
-     TR-DETR's T2V layer (trdetr.py, note a). As there, the default uses the key padding mask alone,
-     so that a sample's outputs do not depend on the other samples' lengths; batches without video
-     padding are identical either way. With video padding it is not negligible: at initialisation,
-     in a batch of 4 videos (30, 12, 25 and 30 clips), the official mask moves the logits by up to
-     0.09, the saliency by up to 0.14 and the saliency loss from 21.8 to 20.8.
-     Config.bicmf_mask_bug = True reproduces it exactly.
-  b. The negative pass runs Bi-CMF and the encoder only. The official code also runs the decoder
-     and throws its output away (no value, no gradient; in training it only consumes dropout
-     random numbers).
-  c. The padded-clip term of FRA is the constant log(1.4e-45) = -103.28 (what float32 computes for
-     log(0 + 1e-45)), not a log() of the mask: fp16 / flush-to-zero would turn the latter into -inf
-     and NaN. The neg-pair loss uses softplus(x) = -log(1 - sigmoid(x)), finite where the literal
-     form overflows (common.neg_pair_loss).
-  d. Batch-first tensors throughout; the global token, clips and words are separate tensors instead
-     of one concatenated sequence that is sliced by position. MR2HD takes the top query by argmax
-     (the official code sorts; they differ only for exactly tied scores). Layers are built
-     independently (the official code deep-copies one layer, so its per-layer biases start equal;
-     xavier re-draws every matrix anyway).
-
-Checked against the official code (not part of the tests): the official model built from the
-mirror with its own build_model, its weights copied into ours, eval mode, bicmf_mask_bug = True,
-batches with and without padding: every output (logits, spans, saliency, s_neg, s_mr, refined clips,
-aux layers) equal to 2e-6, every loss term (span, GIoU, CE, alignment, saliency; QVH and TVSum) to
-1e-6, every parameter gradient to 5e-8. In training mode both apply the same dropouts (the same
-rates on the same tensors, attention weights included), apart from the decoder's in the official
-negative pass (note b). The official TVSum loader (start_end_dataset.py with the
-tvsum/train.sh options) and data.py with data_settings("tvsum") give exactly equal features, labels,
-positive masks and pairs for all 50 real TVSum videos (the UMT release).
+Where the official code differs from the paper (we follow the code: it produced the published
+numbers) and where we differ from it: the numbered notes at the end of this file. Measured
+evidence (checks against the official model): docs/videolights.md.
 """
 
 import dataclasses
@@ -154,7 +72,7 @@ from common import (HungarianMatcher, label_cross_entropy, matched_prediction_in
                     span_losses)
 
 # What float32 computes for log(0 + 1e-45): 1e-45 rounds to the smallest subnormal 2^-149.
-# FRA adds it to the similarity of padded clips (see note c of the module docstring).
+# FRA adds it to the similarity of padded clips (note 21).
 LOG_PAD = math.log(2.0 ** -149)          # -103.279...
 
 
@@ -177,7 +95,7 @@ class Config:
     max_q_l: int = 32              # sizes the unused text position table (parameter parity only)
     contrastive_hdim: int = 64     # width of the query-token alignment space
     aux_loss: bool = True          # also supervise decoder layers before the last
-    bicmf_mask_bug: bool = False   # True: reproduce the official Bi-CMF attn_mask bug (note a)
+    bicmf_mask_bug: bool = False   # True: reproduce the official Bi-CMF attn_mask bug (note 18)
     # --- Hungarian matcher costs
     set_cost_class: float = 4.0
     set_cost_span: float = 10.0
@@ -453,7 +371,7 @@ class BiCMFLayer(nn.Module):
       t1  =     t + W2 drop(MHA2(q = t,      k = v + pv, v = v))      words read the clips (no LN)
       c   = LN3(v1 + W3 drop(MHA3(q = v1,    k = t1,     v = t1)))    updated clips read updated words
       f   = W5 drop(PReLU(W4 c))                                      FFN d -> 1024 -> d
-      out = LN4(f + drop(f))                                          no residual from c (note 3)
+      out = LN4(f + drop(f))                                          no residual from c (note 4)
 
     Only `out` leaves the layer: the next layer (and the encoder) get the ORIGINAL words again.
     """
@@ -477,7 +395,7 @@ class BiCMFLayer(nn.Module):
         self.activation = nn.PReLU()         # learnable, one slope per layer
 
     def _bug_mask(self, query_pad, key_pad):
-        """Note a: (padded query, padded key) pairs, tiled head-major while torch reads the
+        """Note 18: (padded query, padded key) pairs, tiled head-major while torch reads the
         (B * nhead) axis batch-major, so sample b, head h gets the mask of (b * nhead + h) mod B."""
         if not self.mask_bug:
             return None
@@ -687,7 +605,7 @@ class VideoLights(nn.Module):
         # MR2HD (Uni-JFM): a GRU summarises the top-1 moment; its own saliency head.
         self.gru = nn.GRU(d, d, num_layers=1, batch_first=True)
         self.saliency_proj_mr = nn.Linear(d, d)
-        # Never used (note 10); kept so that the parameter count equals the official model's. They
+        # Never used (note 14); kept so that the parameter count equals the official model's. They
         # get no gradient, and AdamW skips parameters without one.
         self.align_proj_vid = nn.Linear(d, cfg.contrastive_hdim)
         self.txt_position_embed = nn.ModuleDict({
@@ -786,7 +704,7 @@ class VideoLights(nn.Module):
         return outputs
 
     def mr2hd(self, pred_logits, pred_spans, vid_mem, projected):
-        """TR-DETR's MR2HD as VideoLights uses it (note 4).
+        """TR-DETR's MR2HD as VideoLights uses it (note 7).
 
         pred_logits, pred_spans: (B, Nq, 2) of the last decoder layer; vid_mem: encoder memory of the
         clips (B, Lv, d); projected: V_bar (B, Lv, d), the clips before FRA. Returns s_mr (B, Lv).
@@ -974,3 +892,74 @@ def predict(outputs, video_mask):
 def build(cfg, video_dim, text_dim):
     """The model and its loss, as train.py builds every model: (VideoLights, VideoLightsLoss)."""
     return VideoLights(cfg, video_dim, text_dim), VideoLightsLoss(cfg)
+
+
+# ----------------------------------------------------------------------------- Notes
+# Where the official code differs from the paper, and we from it. Notes 1-17: the official code
+# against the paper; we follow the code (it produced the published numbers). Notes 18-23: where we
+# differ from the official code. Trainable parameters, equal to the official build_model's:
+# 10,399,975 for QVHighlights / Charades-STA SF+CLIP (2818 / 512), 10,796,263 for -B (3586 / 1280),
+# 10,201,831 for TVSum I3D (2050 / 512). Measured evidence: docs/videolights.md.
+#
+#  1. Projection (Config.n_input_proj, input_dropout): 2 layers of LayerNorm -> Dropout 0.5 ->
+#     Conv1d(kernel 1), ReLU after the first only (paper: relu(FFCNN(.)); no final ReLU). A kernel-1
+#     convolution is a Linear layer (same parameters and init distribution).
+#  2. FRA's "V_Q = V_bar T_bar^T" is, in the code, a softmax over words of the clip-word dot
+#     products that weights copies of ONE learned vector c_q * w_v; the weights sum to 1, so V_Q is
+#     that vector for every clip of every input (FeatureRefinement).
+#  3. FRA: V_S is cos(clip, sentence) times a learned vector, and S_v is the sentence vector pooled
+#     by a learned attention (not a mean). Padded clips get log(1e-45) ~ -103.28 added to their
+#     cosine before the mixing convolution.
+#  4. Bi-CMF: the text branch has no LayerNorm (its norm exists, unused); the third attention gets
+#     no positions; the FFN "residual" adds the FFN output to itself, LN(f + dropout(f)), with no
+#     skip from the FFN input.
+#  5. Bi-CMF: the updated text is used inside the layer only (the next layer and the encoder get the
+#     original text, and the encoder drops the text anyway). Positions: fixed sines for clips, zeros
+#     for words, one learned vector for the global token.
+#  6. The paper's "self-attention on the fused context" is the 3-layer encoder that follows Bi-CMF
+#     (Config.enc_layers).
+#  7. Uni-JFM: MR2HD reads the PRE-refinement clips V_bar of the top-1 moment (floor() indices
+#     scaled by the PADDED length Lv, Python slice semantics, a GRU over the zero-padded length-Lv
+#     sequence, a raw dot product) and has its own saliency head saliency_proj_mr.
+#  8. s_mr is supervised by L_tc only (Config.mr_to_hd_loss) and never used at inference.
+#  9. Hard losses (Config.hard_pos_neg_loss): BOTH are MSE (paper: L1 for the negatives), between
+#     L2-normalised rows of the min-shifted prediction and of the labels, over all B * Lv entries,
+#     padding included, times 10 * (epoch + 1). Positive clips: label > 0.
+# 10. The cosine losses L_ts, L_tc and vt_align are SUMMED over the batch (paper: a mean), over all
+#     Lv clips, padding included, after a shift by the batch-wide minimum prediction and a division
+#     by the batch-wide label range.
+# 11. qt_align (Eq. 4) uses the projected text BEFORE fusion (Moment-DETR: encoder memory) and sums
+#     over padded tokens too. vt_align is added to it (last decoder layer only); both share the
+#     weight 0.2 (Config.align_loss_coef), which the paper does not give.
+# 12. The classification loss is QD-DETR's cross-entropy with class weights (1 foreground,
+#     Config.eos_coef 0.1 background), reduction "none" then a plain mean over B * Nq.
+# 13. The negative pair reuses the clips refined with the POSITIVE query (FRA is not re-run) and has
+#     no same-video filter (a rolled pair can share its video).
+# 14. Parameters that exist but are never used, kept so that the count equals the official model's:
+#     the text position table (8,704), the clip-memory contrastive projection (16,448) and the
+#     Bi-CMF text LayerNorm (512).
+# 15. TVSum (no moments; Config.use_matcher False): only the saliency loss is computed: no matcher,
+#     no MR loss, no alignment loss (its 0.8 weight in the TVSum script does nothing).
+# 16. -B video (official start_end_dataset.py): each stream is cut to max_v_l clips and
+#     L2-normalised per clip, all are cut to the shortest and concatenated as SlowFast 2304, CLIP
+#     512, BLIP-2 768, then the 2 tef dims (3586). This file only sees video_dim / text_dim.
+# 17. -B text: the CLIP (512) and BLIP-2 Q-Former (768) token streams are each cut to 32 tokens and
+#     L2-normalised per token, then cut to the SHORTER count and joined per token INDEX (1280). CLIP
+#     and BERT tokenise differently: glued tokens are not the same word.
+# 18. Bi-CMF mask (Config.bicmf_mask_bug): the official layer also passes attn_mask = outer(query
+#     pad, key pad), tiled head-major (repeat(nhead, 1, 1)), read batch-major: sample b, head h gets
+#     the mask of (b * nhead + h) mod B, hiding REAL pairs of b where that one is padded.
+# 19. The same bug as TR-DETR's T2V layer (trdetr.py). By default we use the key padding mask alone:
+#     a sample's outputs do not depend on the others' lengths (without video padding: identical
+#     either way). bicmf_mask_bug = True reproduces it exactly; with padding it is not negligible.
+# 20. The negative pass runs Bi-CMF and the encoder only. The official code also runs the decoder
+#     and throws its output away (no value, no gradient; in training it only consumes dropout random
+#     numbers).
+# 21. FRA's padded-clip term is the constant LOG_PAD = -103.28 (float32's log(0 + 1e-45)), not a
+#     log() of the mask, which fp16 / flush-to-zero would make -inf and NaN. The neg-pair loss uses
+#     softplus(x) = -log(1 - sigmoid(x)), finite where the literal form overflows.
+# 22. Batch-first tensors; the global token, clips and words are separate tensors, not one
+#     concatenated sequence sliced by position. MR2HD takes the top query by argmax (official: a
+#     sort; they differ only for exactly tied scores).
+# 23. Layers are built independently (the official code deep-copies one layer, so its per-layer
+#     biases start equal; xavier re-draws every matrix anyway).
