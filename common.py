@@ -11,7 +11,7 @@ parts, in reading order:
   3. set losses          span_losses (L1 + GIoU), sigmoid_focal_loss, matched_query_labels,
                          label_focal_loss, label_cross_entropy
   4. saliency losses     saliency_margin_loss, saliency_rank_contrastive_loss, neg_pair_loss
-  5. inference helpers   temporal_nms, temporal_nms_zero, postprocess_windows
+  5. inference helpers   postprocess_windows
 
 Conventions used everywhere in this repository:
   - A span is normalised by the video length, so it lies (roughly) in [0, 1]. It is either
@@ -346,99 +346,6 @@ def neg_pair_loss(saliency_neg, video_mask):
 
 
 # ----------------------------------------------------------------------------- 5. inference helpers
-
-def _hull_overlap(a, b):
-    """Overlap of two [st, ed] windows as the Moment-DETR lineage's NMS measures it: the intersection
-    over the HULL (max end - min start), not over the union. For overlapping windows the hull equals
-    the union. For disjoint windows the intersection is 0 either way. So this is the IoU except for
-    degenerate hull-0 windows, which give 0 here."""
-    intersection = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    hull = max(a[1], b[1]) - min(a[0], b[0])
-    return 0.0 if hull == 0 else intersection / hull
-
-
-def temporal_nms(windows, iou_threshold, max_after_nms=100):
-    """Greedy temporal non-maximum suppression (the Moment-DETR lineage's utils/temporal_nms.py).
-
-    Repeatedly keep the highest-scoring window and drop every remaining window that overlaps it by
-    MORE than `iou_threshold`. Stop after `max_after_nms` windows are kept.
-
-    Args:
-        windows: (N, 3) tensor or list of [start, end, score] rows (any time unit).
-        iou_threshold: overlaps strictly above it are suppressed.
-        max_after_nms: at most this many windows are returned.
-    Returns:
-        list of [start, end, score] rows, sorted by descending score (ties keep input order).
-
-    FlashVTG's NMS is different (true IoU, >= threshold, suppressed scores set to 0 instead of
-    removed): see temporal_nms_zero below.
-    """
-    rows = windows.tolist() if torch.is_tensor(windows) else [list(r) for r in windows]
-    if len(rows) <= 1:
-        return rows
-    rows = sorted(rows, key=lambda r: r[2], reverse=True)     # stable: ties keep input order
-    kept = []
-    while rows and len(kept) < max_after_nms:
-        best = rows.pop(0)
-        kept.append(best)
-        rows = [r for r in rows if _hull_overlap(best, r) <= iou_threshold]
-    return kept
-
-
-def temporal_nms_zero(windows, iou_threshold, mode="normal"):
-    """FlashVTG's temporal NMS (FlashVTG/inference.py post_processing_mr_nms): suppressed windows
-    are KEPT with their score set to 0, instead of being removed.
-
-    Greedy, like every NMS: take the highest-scoring remaining window (the first one on a tie) and
-    compare it with every window that comes after it. Unlike temporal_nms above, the overlap is
-    the true IoU (intersection / union) and the test is inclusive:
-      mode "normal": a later window with IoU >= iou_threshold gets score 0;
-      mode "linear": every later window's score is multiplied by (1 - IoU) (soft-NMS; the
-                     threshold is not used).
-    Nothing is dropped, so the list keeps its length (FlashVTG: 50 windows); it is then sorted by
-    descending score. Our sort is stable, the official one is not; this only reorders windows
-    with equal scores (in practice the zeroed ones, which the metrics see last). The official code
-    computes in float32, so we do too: the returned values are float32 numbers (0.9123 comes back
-    as 0.9122999906539917), as in the official NMS files.
-
-    A zero-length window (start = end, possible after rounding to the clip grid) has IoU 0 with
-    everything here; the official code computes 0 / 0 = NaN, which no threshold test passes (the
-    same outcome in "normal" mode; in "linear" mode it would make scores NaN).
-
-    Hand-worked example, threshold 0.7, windows in seconds:
-        A [0, 10, 0.9], B [1, 10, 0.8], C [20, 30, 0.7], D [0, 8, 0.6]
-      A is kept; IoU(A, B) = 9 / 10 = 0.9 >= 0.7 -> B = 0; IoU(A, C) = 0; IoU(A, D) = 8 / 10 = 0.8
-      -> D = 0. Then C is the best remaining (0.7) and suppresses nothing new. Result:
-        [[0, 10, 0.9], [20, 30, 0.7], [1, 10, 0.0], [0, 8, 0.0]]
-      (a window at IoU exactly 0.7 is suppressed too: the test is >=).
-
-    Args:
-        windows: (N, 3) tensor or list of [start, end, score] rows (any time unit).
-        iou_threshold: IoU at or above which a later window is zeroed ("normal").
-        mode: "normal" or "linear".
-    Returns:
-        list of N [start, end, score] rows, sorted by descending score.
-    """
-    if mode not in ("normal", "linear"):
-        raise ValueError(f"common.py temporal_nms_zero: mode must be 'normal' or 'linear', "
-                         f"got {mode!r}")
-    rows = torch.as_tensor(windows, dtype=torch.float32).clone().reshape(-1, 3)   # (N, 3)
-    for i in range(len(rows)):
-        best = i + int(rows[i:, 2].argmax())                 # argmax returns the first maximum
-        rows[[i, best]] = rows[[best, i]]                    # bring it to position i
-        rest = rows[i + 1:]
-        left = torch.maximum(rest[:, 0], rows[i, 0])
-        right = torch.minimum(rest[:, 1], rows[i, 1])
-        inter = (right - left).clamp(min=0)                  # (N - i - 1,)
-        union = (rest[:, 1] - rest[:, 0]) + (rows[i, 1] - rows[i, 0]) - inter
-        iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-        if mode == "normal":
-            rest[iou >= iou_threshold, 2] = 0.0
-        else:
-            rest[:, 2] *= 1 - iou
-    order = torch.sort(rows[:, 2], descending=True, stable=True).indices
-    return rows[order].tolist()
-
 
 def postprocess_windows(windows_sec, duration_clamp, clip_len):
     """The official post-processing of predicted windows (PostProcessorDETR with clip_ts and

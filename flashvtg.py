@@ -1,34 +1,34 @@
 """FlashVTG: feature layering and adaptive score handling for video temporal grounding.
 
 Paper: Cao, Zhang, Du, Yu, Li, Wang, "FlashVTG: Feature Layering and Adaptive Score Handling
-Network for Video Temporal Grounding", WACV 2025 (arXiv 2412.13441). Official code:
-github.com/Zhuo-Cao/FlashVTG. Its fusion part (dummy tokens, adaptive cross-attention, saliency
-head, negative pairs, saliency losses) comes from CG-DETR (github.com/wjun0830/CGDETR); its
-detection part (feature pyramid, point generator, label assignment, heads, SampledNCE loss) from
-R2-Tuning (github.com/yeliudev/R2-Tuning), which builds on the nncore library. We rewrite both in
-plain torch.
+Network for Video Temporal Grounding", WACV 2025 (arXiv 2412.13441).
+Official code: github.com/Zhuo-Cao/FlashVTG. Its fusion part (dummy tokens, adaptive
+cross-attention, saliency head, negative pairs, saliency losses) comes from CG-DETR
+(github.com/wjun0830/CGDETR), its detection part (feature pyramid, points, label assignment, heads,
+SampledNCE loss) from R2-Tuning (github.com/yeliudev/R2-Tuning, built on the nncore library). We
+rewrite both in plain torch.
 
 The idea
 --------
 DETR-style models (TR-DETR, ...) predict moments from a handful of decoder queries (10 on
-QVHighlights). Short moments get few of them, and the confidence of a query depends on that query
-alone. FlashVTG has no decoder at all. It is an anchor-free detector in the style of FCOS: after
-the text has been fused into the clips, a temporal feature pyramid is built by strided
-convolutions ("Temporal Feature Layering", TFL), and EVERY position of EVERY level is a candidate
-moment. A shared convolutional head regresses, from each position, its distances to the start and
-to the end of the moment; level k counts these distances in steps of its stride 2^(k-1), so coarse
-levels naturally cover long moments. With 75 clips and 4 levels there are 75 + 37 + 18 + 9 = 139
-candidates per query instead of 10.
+QVHighlights): short moments get few of them, and a query's confidence depends on that query
+alone. FlashVTG has no decoder at all. It is an anchor-free detector in the style of FCOS: once the
+text is fused into the clips, strided convolutions build a temporal feature pyramid ("Temporal
+Feature Layering", TFL), and EVERY position of EVERY level is a candidate moment. A shared
+convolutional head regresses, from each position, its distances to the start and to the end of the
+moment; level k counts them in steps of its stride 2^(k-1), so coarse levels cover long moments.
+With 75 clips and 4 levels there are 75 + 37 + 18 + 9 = 139 candidates per query instead of 10.
 
-Each candidate also needs a confidence for ranking. "Adaptive Score Refinement" (ASR) mixes two
-score heads: an intra-scale one that looks at one pyramid level at a time, and an inter-scale one
-that slides over all levels concatenated along time, so that a candidate is scored in the context
-of its neighbours and of the other scales. A learned scalar x blends the two. A "Clip-Aware Score"
-(CAS) loss ties the finest level's confidences to the highlight labels of the clips.
+Each candidate also needs a confidence for ranking. "Adaptive Score Refinement" (ASR) blends, with
+a learned scalar x, two score heads: an intra-scale one that reads one pyramid level at a time and
+an inter-scale one that slides over all levels concatenated along time, so that a candidate is
+scored in the context of its neighbours and of the other scales. A "Clip-Aware Score" (CAS) loss
+ties the finest level's confidences to the clips' highlight labels. At inference, a temporal NMS
+sets the score of every window that overlaps a better one to 0.
 
 Paper -> code
 -------------
-  Sec. 3.3, Eq. (1)-(3)  dummy tokens + adaptive cross-attention  DummyEncoder, ACALayer
+  Sec. 3.3, Eq. (1)-(3)  dummy tokens + adaptive cross-attention  FlashVTG.dummy_encoder, ACALayer
   Sec. 3.3               transformer encoder after the ACA        EncoderLayer (x enc_layers)
   Sec. 3.3, Eq. (4)      highlight detection (HD) head            FlashVTG.fuse (saliency_proj1/2)
   Sec. 3.4               Temporal Feature Layering                TemporalFeatureLayering
@@ -36,7 +36,8 @@ Paper -> code
   Sec. 3.5, Eq. (6)-(9)  Adaptive Score Refinement                ScoreHead x 2, FlashVTG.forward
   Sec. 3.6               focal + L1 + CAS (Eq. 10) + SampledNCE + saliency losses   FlashVTGLoss
   (R2-Tuning)            points, label assignment, decoding       make_points, assign_targets,
-                                                                  decode_windows / predict
+                                                                  decode_windows, predict
+  Sec. 4.3               NMS at threshold 0.7                     temporal_nms, nms
 
 Data flow (B videos, Lv clips, Lq words, Ld dummies, d = 256, K levels, P = sum of level lengths)
 --------------------------------------------------------------------------------------------------
@@ -48,119 +49,12 @@ Data flow (B videos, Lv clips, Lq words, Ld dummies, d = 256, K levels, P = sum 
   -> HD head                              saliency (B, Lv)
   -> TFL on ReLU(F)                       K levels (B, Lv / 2^(k-1), d)
   -> heads on every level                 logits (B, P) (ASR), distances (B, P, 2)
-  -> decoding                             windows per video (n, 3) = [start, end, score]
+  -> decoding (predict)                   windows per video (n, 3) = [start, end, score]
+  -> NMS (nms, in seconds)                the same n windows, suppressed scores set to 0
 
-Where we follow the official code, not the paper
-------------------------------------------------
-(The code produced the published numbers; our parameter count equals the official model's.)
-  1. ACA (Eq. 1-3) has no query/key/value projections at all: the position-added clip features
-     are dotted directly with [D~ + dummy positions; words], and only an output projection
-     exists. Softmax over dummies and words, values from the words only (as the paper says), so
-     each clip's attention to the words sums to less than 1.
-  2. The FFN of an ACA layer reads LN1(a) but its residual is added to the un-normalised a
-     (CG-DETR's layer, as QD-DETR's); residual branches use per-sample stochastic depth
-     (DropPath) instead of dropout.
-  3. TFL (paper: F_1 = F): the official pyramid applies an IN-PLACE ReLU for its stride-1 level,
-     so level 1 and every coarser level (and the SampledNCE loss) see ReLU(F). Level 2^p is its
-     own stack of p [Conv1d(k=2, s=2) -> LayerNorm -> ReLU] blocks on ReLU(F); the levels are
-     parallel branches, not a cascade of shared convolutions.
-  4. Moment head (paper Eq. 5: ReLU(Conv(ReLU(Conv F))) x C_k): Conv-ReLU-Conv, then exp(), times
-     a learnable per-level coefficient (init 1). Its outputs are distances from the position to
-     the start and to the end, in units of the level's stride.
-  5. Score heads (paper: 2 conv layers with a 1x5 kernel): QVHighlights runs 1 conv layer of
-     kernel 5 (a 1-D conv along time) and a 5-layer MLP; other datasets differ (default_config).
-     The inter-scale conv slides across the seams between levels; x is unconstrained (init 0.5).
-  6. CAS loss (paper: per-query min-max normalisation of confidences): the code normalises with
-     the min and max of the WHOLE batch tensor, padding included, and uses the pre-sigmoid logits
-     of level 1 (the first Lv candidates).
-  7. The saliency loss is CG-DETR's composite (hinge + rank-contrastive + negative pairs) on the
-     HD head, plus the same terms and a BCE on the clips' total attention to the words (the
-     paper defers the details to its supplement). The total on QVHighlights is
-     1*L_reg + 5*L_cls + 0.1*L_SNCE + 0.8*L_saliency + 4*L_CAS.
-  8. Inference: every candidate is decoded, the 50 most confident are kept. NMS 0.7 (the paper's
-     setting) is applied by the training loop after post-processing, and the official NMS does
-     not remove windows: it sets their score to 0 (common.temporal_nms_zero). The checkpoint is
-     selected on the predictions WITHOUT NMS, as in the official loop.
-  9. The learning rate is constant: the official loop calls StepLR.step(last_batch_loss), which
-     sets the epoch counter to the loss, so the rate only drops if a loss exceeds lr_drop (400 on
-     QVHighlights: never). We keep the official lr_drop values; with our per-epoch StepLR they are
-     >= the number of epochs (Charades: 50 = epochs, the drop would come after the last epoch),
-     so the rate is constant as well. lr_gamma is 0.5 as in the official code.
- 10. The text position table (use_txt_pos off) exists but is never used, as in TR-DETR; we keep
-     it so that the parameter count is the official one (10,752 of 10,469,400 parameters).
- 11. Two slips of the official saliency loss are kept, because they shape what was trained: the
-     rank-contrastive term of the rows WITHOUT a real negative is dropped from the attention part
-     (added to the wrong variable), and from the main part too when there is exactly one such row
-     (a spurious extra dimension makes its softmax run over one element). See
-     saliency_composite_loss. With them, our loss equals the official one on the official
-     model's outputs to float precision.
- 12. TVSum (data/HD.py, no boundary loss): the score heads are trained with a BCE whose targets
-     are the raw saliency labels (0..12), not 0/1. For a target y > 1 the BCE, (1 - y) x +
-     log(1 + e^-x) for large x, has no minimum: it falls without end as the logit x grows. So
-     the logits grow at every step and pull the shared encoder with them, and the HD ranking of
-     the val video stops changing after a few dozen epochs (loss_cls is in the -1e5 range by then).
-     We keep it: it is the official TVSum recipe. Measured (a one-off script, not a test): the
-     official model with the TVSum options and ours with its weights (t2v_mask_bug = True,
-     dropout off) trained side by side for 40 AdamW steps on the real VT batch. loss_cls went
-     -69.2 / -69.0 (step 10) to -2.733e5 / -2.725e5 (step 40), and the val video's top-5 mAP was
-     equal at every check (0.633 0.140 0.245 0.537 0.475 0.470 0.470). With the official
-     protocol (the best of 600 evaluations), the selected epoch is one of the first few.
-
-Where we differ from the official code (all numerically negligible or behaviour-preserving)
------------------------------------------------------------------------------------------------
-  a. ACA attention mask. The official layer also passes an attn_mask, outer(clip padding, key
-     padding), tiled head-major while the attention reads it batch-major (the same slip as
-     TR-DETR's; see trdetr.py note a): item b, head h gets the mask of item (b * nhead + h) mod B,
-     which hides real (clip, word) pairs of b wherever another item is padded. By default we use
-     the key padding mask alone; Config.t2v_mask_bug = True reproduces the official behaviour
-     (for the negative pass we apply it over the whole batch; the official code over the rows
-     with a real negative only, so the two differ when some rows have none). Not negligible: at
-     initialisation, in a batch of videos with 75/75/60/41 clips, the slip moves the fused
-     features by up to 0.05 and the clips' attention to the words by up to 0.04.
-  b. Negative pairs. Every sample is also run with the next sample's text (rolled by one). The
-     official model skips rows whose "original video" is the same as the next row's (QVH: the vid
-     without its trailing _start_end, i.e. two 150-s segments of one YouTube video; other
-     datasets: the full vid). Our model cannot see the vids (the contract passes only tensors),
-     so it runs the negative pass for every row, and the loss picks the rows with a real negative
-     from batch["meta"]. Without the mask bug every row is computed independently, so the loss
-     values are the same; only the random dropout draws differ.
-  c. The GT windows for label assignment come from batch["span_targets"] (normalised by the
-     loaded clip count): x n_clips gives clip units, = seconds / clip_len as the official code
-     computes them; we round to 1e-4 clip so that float error never moves a window edge across a
-     point. data.py keeps at most 5 windows per query (random if more); the official FlashVTG
-     loader keeps all of them (3.6% of QVH train queries have more than 5).
-  d. Degenerate batches: the official L1 loss is 0/0 = NaN when a batch has no positive point and
-     the CAS loss is NaN when all labels (or all logits) in the batch are equal; we return 0 for
-     those terms instead. Neither happens in the official runs.
-  e. Layers are built independently. The official code deep-copies one layer, so for instance the
-     two dummy-encoder layers start with identical weights. We use the official initialisations
-     otherwise: trunc_normal(std 0.02) for every matrix of the ACA and self-attention encoder,
-     N(0, 0.02) for the token-type embeddings, N(0, 1) for the dummy tokens and their positions,
-     torch defaults elsewhere.
-  f. The score heads are written as Conv1d; the official Conv2d with a (1, k) kernel on a height-1
-     map is the same function with the same number of parameters. Their width follows hidden_dim
-     (the official code hard-codes 256, the same value).
-  g. The official evaluation runs one query at a time (asserted). predict also handles padded
-     batches (candidates on padding are dropped), but a padded batch is not the same computation:
-     the HD head averages over padded clips and the inter-scale head slides over them. So
-     eval_batch_size is 1, as official.
-  h. Data side (data.py, shared by every model): the official FlashVTG loader draws the random
-     saliency pairs ONCE when it preloads the dataset (data.py redraws them at every epoch, like
-     Moment-DETR's loader) and builds the Charades-STA clip labels with duration / n_clips as the
-     clip length (data.py: 1 s; at most one clip of difference). Its 40 query tokens and all GT
-     windows on QVHighlights ARE applied: data_settings() below, which train.py reads.
-  i. predict returns windows normalised by the clip count (the loop multiplies by the duration);
-     the official code multiplies clips by clip_len and clamps to the duration. The two agree
-     whenever duration = n_clips x clip_len (99% of QVHighlights); pass meta= to predict for the
-     official arithmetic everywhere.
-
-Checked against the official model (a one-off script, not part of the tests): the official
-FlashVTG built from Zhuo-Cao/FlashVTG (+ nncore), its weights copied into ours, dropout off. One
-query at a time (the official evaluation): saliency within 1.1e-7, the 50 decoded windows within
-7.6e-6 s. A padded training batch of 4 with t2v_mask_bug = True and real negatives everywhere:
-logits, distances, saliency, attention saliency and the negative pass within 1.5e-6, and all five
-loss terms equal (largest difference 1.2e-7). Our saliency loss on the official model's outputs
-equals the official one for batches with 0, 1, 2 and 4 rows without a real negative.
+Where the official code differs from the paper (we follow the code: it produced the published
+numbers) and where we differ from it: the numbered notes at the end of this file. Measured
+evidence (checks against the official model): docs/flashvtg.md.
 """
 
 import math
@@ -192,9 +86,9 @@ class Config:
     t2v_layers: int = 6            # adaptive cross-attention (ACA) layers
     enc_layers: int = 3            # self-attention layers over the clips after the ACA
     max_q_l: int = 40              # sizes the unused text position table (parameter parity only)
-    t2v_mask_bug: bool = False     # True: reproduce the official ACA attn_mask slip (note a)
+    t2v_mask_bug: bool = False     # True: reproduce the official ACA attn_mask slip (note 16)
     use_neg: bool = True           # run each video with the next sample's text (negative pairs)
-    neg_strip_segment: bool = True  # QVH: "vid_start_end" -> same video if "vid" matches (note b)
+    neg_strip_segment: bool = True  # QVH: "vid_start_end" -> same video if "vid" matches (note 18)
     # --- detection (R2-Tuning part)
     strides: tuple = (1, 2, 4, 8)  # pyramid levels (data/MR.py); (1, 2, 4, 8, 16) for QVH-IV2
     kernel_size: int = 5           # score heads: temporal kernel of the conv layers
@@ -218,16 +112,15 @@ class Config:
     lr: float = 5e-4
     weight_decay: float = 1e-4
     batch_size: int = 64
-    eval_batch_size: int = 1       # official: 1 (asserted); see note g
+    eval_batch_size: int = 1       # official: 1 (asserted); see note 25
     epochs: int = 150
-    lr_drop: int = 400             # >= epochs: the learning rate stays constant (note 9)
+    lr_drop: int = 400             # >= epochs: the learning rate stays constant (notes 9-10)
     lr_gamma: float = 0.5
     grad_clip: float = 0.1         # max total gradient norm
     seed: int = 2024
     eval_every: int = 1
     best_metric: str = "MR-full-mAP"   # selected on the predictions without NMS, as official
-    nms_thd: float = 0.7           # the loop also writes NMS predictions (val_preds_nms.jsonl)
-    nms_kind: str = "zero"         # common.temporal_nms_zero: suppressed windows get score 0
+    nms_thd: float = 0.7           # > 0: the loop also writes NMS predictions (nms, note 8)
 
 
 def default_config(dataset):
@@ -273,7 +166,7 @@ def data_settings(dataset):
            (Moment-DETR's loader keeps at most 5: 3.6% of the QVHighlights train queries have more).
     Charades-STA needs nothing (max_v_l unlimited is data.py's default too); the per-epoch redraw
     of the saliency pairs and the Charades clip-length arithmetic stay as data.py does them
-    (module docstring, note h).
+    (note 26).
     """
     if dataset == "qvh":
         return {"max_q_l": 40, "max_windows": 100}
@@ -443,7 +336,7 @@ class ACALayer(nn.Module):
         v = keys.view(B, Lk, H, hd).transpose(1, 2)                                # (B, H, Lk, hd)
         scores = q @ k.transpose(2, 3)                                             # (B, H, Lv, Lk)
         if self.mask_bug:
-            # Note a: (padded clip, padded key) pairs, tiled head-major but read batch-major, so
+            # Note 16: (padded clip, padded key) pairs, tiled head-major but read batch-major, so
             # sample b, head h gets the mask of sample (b * H + h) mod B.
             pairs = clip_pad[:, :, None] & key_pad[:, None, :]                     # (B, Lv, Lk)
             source = (torch.arange(B, device=clips.device)[:, None] * H
@@ -710,7 +603,7 @@ class FlashVTG(nn.Module):
             "video_mask": video_mask, "query_mask": query_mask,
             "max_num_moment": cfg.max_num_moment,
         }
-        # --- negative pairs: each video with the next sample's [D~; words] (note b)
+        # --- negative pairs: each video with the next sample's [D~; words] (note 18)
         if self.training and cfg.use_neg and B > 1:
             roll = lambda x: torch.cat([x[1:], x[:1]])                          # noqa: E731
             _, saliency_neg, t2v_neg = self.fuse(clips, clip_pos, video_pad, roll(keys),
@@ -781,7 +674,7 @@ def gt_windows_in_clips(span_targets, n_clips):
     """batch["span_targets"] (n, 2) normalised (center, width) -> (n, 2) [start, end] in clips.
 
     data.py normalises by n_clips * clip_len, so x n_clips gives seconds / clip_len, the official
-    units. Rounded to 1e-4 clip: float error must not move an edge across a point (note c)."""
+    units. Rounded to 1e-4 clip: float error must not move an edge across a point (note 20)."""
     spans = span_targets.double()
     xx = torch.stack([spans[:, 0] - spans[:, 1] / 2, spans[:, 0] + spans[:, 1] / 2], dim=1)
     return (torch.round(xx * n_clips * 1e4) / 1e4).float()
@@ -822,7 +715,7 @@ def clip_aware_score_loss(logits, saliency_labels):
     (padding included, note 6). logits (B, Lv) = the first Lv candidates, saliency_labels (B, Lv)."""
     def normalise(x):
         span = x.max() - x.min()
-        if span == 0:                                 # all equal: official NaN, here 0 (note d)
+        if span == 0:                                 # all equal: official NaN, here 0 (note 22)
             return torch.zeros_like(x)
         return (x - x.min()) / span
     return F.mse_loss(normalise(logits), normalise(saliency_labels.to(logits.dtype)))
@@ -853,12 +746,10 @@ def saliency_composite_loss(outputs, batch, cfg):
       loss = main + lw_wattn * attn
 
     Rows R with a real negative (the next sample's text, another video) add the mismatched
-    scores to their rank-contrastive softmax as label-0 clips and get the neg-pair term; the other
-    rows run the rank-contrastive loss on their own clips, except when there is exactly ONE such
-    row: the official code then adds a dimension too many and the term vanishes (~1e-6), and so
-    we drop it. The official attention part computes that second piece but adds it to the wrong
-    variable, so it is always dropped; we do the same. With no real negative in the batch both
-    parts run on every row without negatives.
+    scores to their rank-contrastive softmax as label-0 clips and get the neg-pair term. The other
+    rows run the rank-contrastive loss on their own clips in the main part only, and only when
+    there are at least two of them: two official slips, kept (notes 12-13). With no real negative
+    in the batch both parts run on every row without negatives.
     """
     s, a = outputs["saliency"], outputs["t2v"]
     mask, labels = outputs["video_mask"], batch["saliency_all"].to(s.dtype)
@@ -879,7 +770,8 @@ def saliency_composite_loss(outputs, batch, cfg):
         main = main + saliency_rank_contrastive_loss(s[real], labels[real], mask[real], tau, s_neg)
         if other.sum() >= 2:
             # Exactly one such row: the official code turns it into a (1, 1, Lv) tensor, so its
-            # softmax runs over a single element and the term is ~1e-6; we reproduce it as 0.
+            # softmax runs over a single element and the term is ~1e-6; we reproduce it as 0
+            # (note 13).
             main = main + saliency_rank_contrastive_loss(s[other], labels[other], mask[other], tau)
         # a_neg is already a probability: no sigmoid here.
         attn = attn + (-torch.log1p(-a_neg) * mask[real]).sum(1).mean()
@@ -900,7 +792,7 @@ class FlashVTGLoss(nn.Module):
     floats, plus "loss_overall". Names as in the official log: loss_reg, loss_cls, loss_sal,
     loss_saliency, loss_label. On TVSum (mr_loss False) there is no loss_reg and loss_cls is a BCE
     of the logits against the raw saliency labels (0..12; targets above 1, as the official run:
-    module docstring, note 12).
+    notes 14-15).
     """
 
     def __init__(self, cfg):
@@ -926,7 +818,7 @@ class FlashVTGLoss(nn.Module):
             cls_tgt = torch.stack([c for c, _ in assigned])                      # (B, P)
             reg_tgt = torch.stack([r for _, r in assigned])                      # (B, P, 2)
             positive = cls_tgt.bool()
-            # L1 in exp space on the positive points, averaged over 2 x #positives (note d)
+            # L1 in exp space on the positive points, averaged over 2 x #positives (note 22)
             if positive.any():
                 loss_reg = (outputs["distances"][positive] - reg_tgt[positive]).abs().sum() \
                     / (2 * positive.sum())
@@ -992,6 +884,157 @@ def predict(outputs, video_mask, meta=None, max_num_moment=None):
     return windows, outputs["saliency"]
 
 
+def temporal_nms(windows, iou_threshold, mode="normal"):
+    """FlashVTG's temporal NMS (the official inference.py, post_processing_mr_nms): suppressed
+    windows are KEPT with their score set to 0 instead of being removed.
+
+    Greedy, like every NMS: take the highest-scoring remaining window (the first one on a tie) and
+    compare it with every window that comes after it, by the true IoU (intersection / union):
+      mode "normal": a later window with IoU >= iou_threshold gets score 0 (inclusive test);
+      mode "linear": every later window's score is multiplied by (1 - IoU) (soft-NMS; the
+                     threshold is not used).
+    Nothing is dropped, so the list keeps its length (50 windows); it is then sorted by descending
+    score. In float32, as the official code (notes 28-29).
+
+    Hand-worked example, threshold 0.7, windows in seconds:
+        A [0, 10, 0.9], B [1, 10, 0.8], C [20, 30, 0.7], D [0, 8, 0.6]
+      A is kept; IoU(A, B) = 9 / 10 = 0.9 >= 0.7 -> B = 0; IoU(A, C) = 0; IoU(A, D) = 8 / 10 = 0.8
+      -> D = 0. Then C is the best remaining (0.7) and suppresses nothing new. Result:
+        [[0, 10, 0.9], [20, 30, 0.7], [1, 10, 0.0], [0, 8, 0.0]]
+      (a window at IoU exactly 0.7 is suppressed too: the test is >=).
+
+    Args:
+        windows: (N, 3) tensor or list of [start, end, score] rows (any time unit).
+        iou_threshold: IoU at or above which a later window is zeroed ("normal").
+        mode: "normal" or "linear".
+    Returns:
+        list of N [start, end, score] rows, sorted by descending score.
+    """
+    if mode not in ("normal", "linear"):
+        raise ValueError(f"flashvtg.py temporal_nms: mode must be 'normal' or 'linear', "
+                         f"got {mode!r}")
+    rows = torch.as_tensor(windows, dtype=torch.float32).clone().reshape(-1, 3)   # (N, 3)
+    for i in range(len(rows)):
+        best = i + int(rows[i:, 2].argmax())                 # argmax returns the first maximum
+        rows[[i, best]] = rows[[best, i]]                    # bring it to position i
+        rest = rows[i + 1:]
+        left = torch.maximum(rest[:, 0], rows[i, 0])
+        right = torch.minimum(rest[:, 1], rows[i, 1])
+        inter = (right - left).clamp(min=0)                  # (N - i - 1,)
+        union = (rest[:, 1] - rest[:, 0]) + (rows[i, 1] - rows[i, 0]) - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+        if mode == "normal":
+            rest[iou >= iou_threshold, 2] = 0.0
+        else:
+            rest[:, 2] *= 1 - iou
+    order = torch.sort(rows[:, 2], descending=True, stable=True).indices
+    return rows[order].tolist()
+
+
+def nms(windows, cfg):
+    """The training loop's NMS hook: the loop calls `module.nms(windows, cfg)` for a model module
+    that defines `nms`, when cfg.nms_thd > 0, and writes the results beside the plain predictions.
+
+    Contract:
+        windows: ONE query's list of [start_s, end_s, score] rows, in seconds, already
+            post-processed (common.postprocess_windows) and sorted by descending score.
+        cfg: this file's Config; nms_thd is the IoU threshold (official 0.7).
+    Returns the list of rows that replaces `windows` in the NMS predictions: here the same N rows,
+    suppressed scores set to 0, re-sorted by score (temporal_nms, "normal" mode).
+    """
+    return temporal_nms(windows, cfg.nms_thd)
+
+
 def build(cfg, video_dim, text_dim):
     """The model and its loss, as train.py builds every model: (FlashVTG, FlashVTGLoss)."""
     return FlashVTG(cfg, video_dim, text_dim), FlashVTGLoss(cfg)
+
+
+# ----------------------------------------------------------------------------- Notes
+# Where the official code differs from the paper, and we from it. Notes 1-15: the official code
+# against the paper; we follow the code (it produced the published numbers; our parameter count
+# equals the official model's). Notes 16-29: where we differ from the official code.
+# Measured evidence: docs/flashvtg.md.
+#
+#  1. ACA (Eq. 1-3) has no query/key/value projections: the position-added clips are dotted directly
+#     with [D~ + dummy positions; words]; only an output projection exists. Softmax over dummies and
+#     words, values from the words only (as the paper says): a clip's word attention sums to < 1.
+#  2. An ACA layer's FFN reads LN1(a) but its residual is added to the un-normalised a (CG-DETR's,
+#     as QD-DETR's); residual branches use per-sample stochastic depth (DropPath), not dropout.
+#  3. TFL (paper: F_1 = F): the official pyramid applies an IN-PLACE ReLU for its stride-1 level, so
+#     every level (and the SampledNCE loss) sees ReLU(F). Level 2^p is its own stack of p
+#     [Conv1d(k=2, s=2) -> LayerNorm -> ReLU] blocks on ReLU(F): parallel branches, not a cascade.
+#  4. Moment head (paper Eq. 5: ReLU(Conv(ReLU(Conv F))) x C_k): Conv-ReLU-Conv, then exp(), times a
+#     learnable per-level C_k (init 1). Outputs: distances to the start and to the end, in strides.
+#  5. Score heads (paper: 2 conv layers, 1x5 kernel): QVH runs 1 temporal conv of kernel 5 and a
+#     5-layer MLP (Config.kernel_size, num_conv_layers, num_mlp_layers; others: default_config). The
+#     inter-scale conv slides across the seams between levels; x is unconstrained (init 0.5).
+#  6. CAS loss (paper: per-query min-max normalisation): normalised with the min and max of the
+#     WHOLE batch tensor, padding included, on the pre-sigmoid logits of level 1 (the first Lv
+#     candidates).
+#  7. Saliency loss: CG-DETR's composite (hinge + rank-contrastive + neg pairs) on the HD head, plus
+#     the same terms and a BCE on the clips' total word attention (Config.lw_wattn; paper: its
+#     supplement). QVH: 1 L_reg + 5 L_cls + 0.1 L_SNCE + 0.8 L_saliency + 4 L_CAS.
+#  8. Inference: every candidate is decoded, the 50 most confident kept (Config.max_num_moment). NMS
+#     0.7 (paper; Config.nms_thd) follows post-processing and zeroes suppressed scores instead of
+#     removing windows (temporal_nms). Checkpoints are selected WITHOUT NMS, as official.
+#  9. The learning rate is constant: the official loop calls StepLR.step(last_batch_loss), which
+#     sets the epoch counter to the loss, so the rate only drops if a loss exceeds lr_drop (QVH 400:
+#     never).
+# 10. We keep the official Config.lr_drop and lr_gamma (0.5); with our per-epoch StepLR lr_drop is
+#     >= the epochs (Charades: 50 = epochs, the drop would come after the last), so constant too.
+# 11. The text position table (use_txt_pos off) exists but is never used, as in TR-DETR; kept for
+#     the official parameter count (10,752 of 10,469,400 parameters).
+# 12. A slip of the official saliency loss, kept (it shaped what was trained): in the attention part
+#     the rank-contrastive term of the rows WITHOUT a real negative is added to the wrong variable,
+#     so it is always dropped (saliency_composite_loss).
+# 13. Another, kept too: in the main part that term is also dropped when exactly ONE such row exists
+#     (a spurious extra dimension makes its softmax run over a single element).
+# 14. TVSum (Config.mr_loss False; official data/HD.py): the score heads' BCE targets are the raw
+#     saliency labels (0..12), not 0/1. For a target y > 1 the BCE, (1 - y) x + log(1 + e^-x) for
+#     large x, has no minimum: it falls without end as the logit x grows.
+# 15. So the logits grow at every step and pull the shared encoder along; the val video's HD ranking
+#     stops changing after a few dozen epochs. Kept: it is the official TVSum recipe. With its
+#     protocol (the best of 600 evaluations), the selected epoch is one of the first few.
+# 16. ACA mask (Config.t2v_mask_bug): the official layer also passes attn_mask = outer(clip pad, key
+#     pad), tiled head-major but read batch-major (TR-DETR's slip): item b, head h gets the mask of
+#     item (b * nhead + h) mod B, hiding real pairs of b where another item is padded.
+# 17. By default we use the key padding mask alone; t2v_mask_bug = True reproduces the slip (in the
+#     negative pass over the whole batch; official: over the rows with a real negative only, so the
+#     two differ when some rows have none). Not negligible on padded batches.
+# 18. Negative pairs (Config.use_neg): each sample also runs with the next sample's text. The
+#     official model skips rows whose "original video" is the next row's (Config.neg_strip_segment:
+#     QVH vids minus _start_end, so two 150-s segments of one YouTube video match; else whole vids).
+# 19. Our model sees only tensors, not vids, so it runs the negative pass for every row and the loss
+#     keeps the rows with a real negative (batch["meta"]). Without the mask bug every row is
+#     independent, so the losses are the same; only the random dropout draws differ.
+# 20. Label assignment's GT windows come from batch["span_targets"] (normalised by the loaded clip
+#     count): x n_clips gives seconds / clip_len, the official units, rounded to 1e-4 clip so that
+#     float error never moves a window edge across a point (gt_windows_in_clips).
+# 21. data.py keeps at most 5 GT windows per query (random if more) and 32 query tokens; the
+#     official loader keeps every window (3.6% of QVH train queries have more than 5) and 40 tokens
+#     on QVH: data_settings("qvh") applies both.
+# 22. Degenerate batches: the official L1 loss is 0/0 = NaN when no point is positive, the CAS loss
+#     NaN when all labels (or all logits) in the batch are equal; we return 0 for those terms.
+#     Neither happens in the official runs.
+# 23. Layers are built independently (the official code deep-copies one layer: its two dummy-encoder
+#     layers start equal). Else the official inits: trunc_normal(std 0.02) ACA/encoder matrices,
+#     normal(std 0.02) token types, normal(std 1) dummies and positions, torch defaults elsewhere.
+# 24. The score heads are Conv1d: the official Conv2d with a (1, k) kernel on a height-1 map is the
+#     same function with the same parameters. Their width follows hidden_dim (official: a fixed 256,
+#     the same).
+# 25. The official evaluation runs one query at a time (asserted). predict handles padded batches
+#     (drops candidates on padding), but the HD head averages over padded clips and the inter-scale
+#     head slides over them, so Config.eval_batch_size is 1, as official.
+# 26. Data (data.py, every model): the official loader draws the random saliency pairs ONCE at
+#     preload (data.py: every epoch, like Moment-DETR's) and builds Charades-STA clip labels with
+#     clip length duration / n_clips (data.py: 1 s; at most one clip apart).
+# 27. predict normalises windows by the clip count (the loop multiplies by the duration); the
+#     official code multiplies clips by clip_len and clamps to the duration. Equal when duration =
+#     n_clips x clip_len (99% of QVH); predict(meta=...) does the official arithmetic.
+# 28. temporal_nms sorts stably (the official sort is not: only windows with equal scores move, in
+#     practice the zeroed ones, which the metrics see last) and computes in float32 as the official
+#     code does: 0.9123 comes back as 0.9122999906539917, as in the official NMS files.
+# 29. A zero-length window (start = end, possible after rounding to the clip grid) has IoU 0 with
+#     everything in temporal_nms; the official 0 / 0 = NaN passes no threshold test (the same result
+#     in "normal" mode; in "linear" mode it would make scores NaN).
