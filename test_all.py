@@ -1,13 +1,18 @@
 """Every test of the repository: `pytest test_all.py`.
 
-Tests assert behaviour (exact metric values, shapes, files, parameter counts), never speed. The ones
-that read ../shared (the real annotation fixtures and the real TVSum features) skip with a reason
-when it is absent, as in a fresh clone.
+Tests assert behaviour (exact metric values, shapes, files, parameter counts), never speed. Some
+read real files of the public releases from a data folder beside the clone (`shared/` next to the
+repository, or the folder $MRHD_SHARED names): fixtures/ holds annotation files and TR-DETR's
+released predictions with their official metrics, realdata/tvsum the UMT TVSum features. Where that
+folder is absent, as in a fresh clone, those tests skip with a reason.
+
+The sections follow the files: metrics.py, data.py, common.py, each model file, train.py, tools/.
 """
 
 from pathlib import Path
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
@@ -34,17 +39,35 @@ import taskweave
 import videolights
 import flashvtg
 
-SHARED = Path(__file__).resolve().parent.parent / "shared"
+REPO = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("MRHD_SHARED", REPO.parent / "shared"))
+
+
+def _tool(name):
+    """A script of tools/ imported as a module (tools/ is not a package: each script runs alone)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_tool, tvsum_tool, plot_tool = _tool("compare"), _tool("tvsum"), _tool("plot")
 
 
 # ==================================================================================================
-# Metrics: the official QVHighlights / Charades-STA / TVSum evaluation
+# metrics.py: the official QVHighlights / Charades-STA / TVSum evaluation
 # ==================================================================================================
 
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared (fixtures) not present: "
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="the shared data folder (fixtures) is not present: "
                                   "the parity tests need the released predictions and annotations")
+
+
 QVH_FIXTURES = SHARED / "fixtures" / "qvh"
+
+
 TVSUM_VAL = SHARED / "fixtures" / "tvsum" / "tvsum_val.jsonl"
+
+
 METRICS_PY = Path(__file__).resolve().parent / "metrics.py"
 
 
@@ -480,7 +503,7 @@ def test_bad_content_is_a_clear_error():
 
 
 # ==================================================================================================
-# Data: loaders in the real layouts, bad input, the synthetic benchmark
+# data.py: loaders in both release layouts, feature streams, bad input, pretraining corpora, the synthetic benchmark
 # ==================================================================================================
 
 DATA_HERE = Path(__file__).resolve().parent
@@ -692,7 +715,7 @@ def test_error_wrong_dim(tmp_path):
 
 # ----------------------------------------------------------------------------- Charades-STA
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared (fixtures) not present: Charades lines")
+@pytest.mark.skipif(not SHARED.exists(), reason="the shared data folder (fixtures) is not present: Charades lines")
 def test_charades_window_labels_on_real_lines(tmp_path):
     fixtures = SHARED / "fixtures" / "charades"
     train = [json.loads(line) for line in
@@ -747,7 +770,7 @@ DATA_TVSUM = SHARED / "realdata" / "tvsum"
 
 
 @pytest.mark.skipif(not DATA_TVSUM.exists(),
-                    reason="../shared/realdata/tvsum (real TVSum features) not present")
+                    reason="the real TVSum features (shared data folder) are not present")
 def test_tvsum_real_data_per_domain_and_labels_equal_fixture_jsonl():
     spec = data.dataset_spec("tvsum")
     fixture_dir = SHARED / "fixtures" / "tvsum"
@@ -936,1449 +959,6 @@ def test_cli_check_exit_codes(tmp_path):
     done = _data_cli(["check", "--data", "qvh", "--feat-root", str(tmp_path / "nothing")], cwd=tmp_path)
     assert done.returncode == 1 and "annotation file not found" in done.stdout
 
-
-# ==================================================================================================
-# common.py and TR-DETR
-# ==================================================================================================
-
-# ============================================================================= common.py
-
-def test_span_conversions():
-    cxw = torch.tensor([[0.5, 1.0], [0.3, 0.2]])
-    xx = common.span_cxw_to_xx(cxw)
-    assert torch.allclose(xx, torch.tensor([[0.0, 1.0], [0.2, 0.4]]))
-    assert torch.allclose(common.span_xx_to_cxw(xx), cxw)
-    batched = torch.rand(2, 3, 2)                      # works on any leading shape
-    assert torch.allclose(common.span_xx_to_cxw(common.span_cxw_to_xx(batched)), batched, atol=1e-6)
-
-
-def test_temporal_iou_and_giou_by_hand():
-    a = torch.tensor([[1.0, 3.0]])
-    b = torch.tensor([[2.0, 5.0], [4.0, 6.0], [1.0, 3.0]])
-    iou, union = common.temporal_iou(a, b)
-    # [1,3] vs [2,5]: inter 1, union 4; vs [4,6]: disjoint, union 2+2=4; vs itself: 1.
-    assert torch.allclose(iou, torch.tensor([[0.25, 0.0, 1.0]]))
-    assert torch.allclose(union, torch.tensor([[4.0, 4.0, 2.0]]))
-    giou = common.generalized_temporal_iou(a, b)
-    # hulls: [1,5] = 4, [1,6] = 5, [1,3] = 2 -> giou = iou - (hull - union) / hull
-    assert torch.allclose(giou, torch.tensor([[0.25, 0.0 - 1.0 / 5.0, 1.0]]))
-    with pytest.raises(ValueError, match="end >= start"):
-        common.generalized_temporal_iou(torch.tensor([[3.0, 1.0]]), b)
-
-
-def test_matcher_by_hand():
-    matcher = common.HungarianMatcher(cost_class=4, cost_span=10, cost_giou=1)
-    targets = [torch.tensor([[0.2, 0.2], [0.7, 0.2]])]
-    spans = torch.tensor([[[0.7, 0.2], [0.45, 0.1], [0.2, 0.2]]])     # q0 = t1, q2 = t0, q1 far
-    logits = torch.zeros(1, 3, 2)
-    (q, t), = matcher(logits, spans, targets)
-    assert q.tolist() == [0, 2] and t.tolist() == [1, 0]
-    # Two queries on the same spot: the class cost decides (channel 0 = foreground).
-    spans = torch.tensor([[[0.5, 0.2], [0.5, 0.2], [0.9, 0.1]]])
-    logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [5.0, 0.0]]])   # q1 more foreground than q0
-    (q, t), = matcher(logits, spans, [torch.tensor([[0.5, 0.2]])])
-    assert q.tolist() == [1] and t.tolist() == [0]
-    # A sample without targets gets empty indices.
-    out = matcher(torch.zeros(2, 3, 2), torch.rand(2, 3, 2) * 0.5 + 0.1,
-                  [torch.zeros(0, 2), torch.tensor([[0.5, 0.2]])])
-    assert len(out[0][0]) == 0 and len(out[1][0]) == 1
-
-
-def _pair_cost(logit, span, target, cc=4.0, cs=10.0, cg=1.0):
-    """One entry of the matching cost, computed on its own (no batching)."""
-    prob_fg = logit.softmax(-1)[0]
-    l1 = (span - target).abs().sum()
-    giou = common.generalized_temporal_iou(common.span_cxw_to_xx(span[None]),
-                                           common.span_cxw_to_xx(target[None]))[0, 0]
-    return float(cs * l1 - cg * giou - cc * prob_fg)
-
-
-def test_matcher_batched_equals_brute_force():
-    gen = torch.Generator().manual_seed(0)
-    matcher = common.HungarianMatcher(cost_class=4, cost_span=10, cost_giou=1)
-    for trial in range(5):
-        B, Nq = 3, 5
-        logits = torch.randn(B, Nq, 2, generator=gen)
-        spans = torch.rand(B, Nq, 2, generator=gen) * 0.5 + 0.1
-        targets = [torch.rand(int(n), 2, generator=gen) * 0.4 + 0.1
-                   for n in torch.randint(0, 5, (B,), generator=gen)]
-        result = matcher(logits, spans, targets)
-        for b in range(B):
-            n = len(targets[b])
-            cost = [[_pair_cost(logits[b, i], spans[b, i], targets[b][j]) for j in range(n)]
-                    for i in range(Nq)]
-            best, best_assign = math.inf, None
-            for perm in itertools.permutations(range(Nq), n):   # query perm[j] gets target j
-                total = sum(cost[perm[j]][j] for j in range(n))
-                if total < best:
-                    best, best_assign = total, perm
-            q, t = result[b]
-            assert len(q) == n
-            got = {int(tj): int(qi) for qi, tj in zip(q, t)}
-            assert got == {j: best_assign[j] for j in range(n)}
-            assert math.isclose(sum(cost[int(qi)][int(tj)] for qi, tj in zip(q, t)), best,
-                                rel_tol=1e-5, abs_tol=1e-5)
-
-
-def test_span_losses_by_hand():
-    pred = torch.tensor([[[0.5, 0.2], [0.1, 0.1]]])
-    target = [torch.tensor([[0.6, 0.2]])]
-    l1, giou = common.span_losses(pred, target, [(torch.tensor([0]), torch.tensor([0]))])
-    assert math.isclose(float(l1), (0.1 + 0.0) / 2, rel_tol=1e-5)
-    # xx: [0.4, 0.6] vs [0.5, 0.7]: inter 0.1, union 0.3 = hull -> giou = 1/3
-    assert math.isclose(float(giou), 1 - 1 / 3, rel_tol=1e-5)
-    l1, giou = common.span_losses(pred, [torch.zeros(0, 2)], [(torch.tensor([], dtype=torch.long),
-                                                               torch.tensor([], dtype=torch.long))])
-    assert float(l1) == 0.0 and float(giou) == 0.0
-
-
-def test_focal_label_loss_by_hand():
-    def focal(x, y, alpha=0.25, gamma=2.0):     # scalar formula, written out
-        p = 1 / (1 + math.exp(-x))
-        ce = -(y * math.log(p) + (1 - y) * math.log(1 - p))
-        p_t = p if y == 1 else 1 - p
-        a_t = alpha if y == 1 else 1 - alpha
-        return a_t * (1 - p_t) ** gamma * ce
-    assert math.isclose(float(common.sigmoid_focal_loss(torch.tensor(0.0), torch.tensor(1.0))),
-                        0.25 * 0.25 * math.log(2), rel_tol=1e-6)
-    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])                  # (B=1, Nq=2, 2)
-    indices = [(torch.tensor([0]), torch.tensor([0]))]                  # q0 matched -> foreground
-    # q0 target one-hot (1, 0); q1 (unmatched, background) target (0, 1); mean over B*2*Nq = 4.
-    expected = (focal(2.0, 1) + focal(-1.0, 0) + focal(0.5, 0) + focal(0.3, 1)) / 4
-    assert math.isclose(float(common.label_focal_loss(logits, indices)), expected, rel_tol=1e-5)
-
-
-
-def test_label_cross_entropy_by_hand():
-    # QD-DETR's 2-class CE: q0 matched (target class 0, weight 1), q1..q3 background (class 1,
-    # weight eos_coef 0.1); plain mean over the 4 queries. Zero logits cost log 2 each.
-    logits = torch.zeros(1, 4, 2)
-    indices = [(torch.tensor([0]), torch.tensor([0]))]
-    expected = (1.0 + 3 * 0.1) * math.log(2) / 4
-    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-6)
-    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])
-    p_fg = math.exp(2.0) / (math.exp(2.0) + math.exp(-1.0))            # q0: foreground prob
-    p_bg = math.exp(0.3) / (math.exp(0.5) + math.exp(0.3))             # q1: background prob
-    expected = (-math.log(p_fg) - 0.1 * math.log(p_bg)) / 2
-    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-5)
-
-def test_saliency_margin_by_hand():
-    s = torch.tensor([[1.0, 0.5, 0.9]])
-    loss = common.saliency_margin_loss(s, torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), margin=0.2)
-    # pair 1: 0.2 + 1.0 - 0.5 = 0.7; pair 2: 0.2 + 0.5 - 0.9 < 0 -> 0;  sum / (B*P) * 2 = 0.7
-    assert math.isclose(float(loss), 0.7, rel_tol=1e-6)
-
-
-def _rank_contrastive_reference(s, labels, n_valid, tau=0.5, s_neg=None):
-    """Independent recomputation: per sample and level, log-softmax over that sample's valid clips
-    (plus its valid negative-pass clips), averaged over the positives."""
-    B = s.shape[0]
-    total = 0.0
-    for level in range(1, 12):
-        if not any((labels[b, :n_valid[b]] >= level).any() for b in range(B)):
-            continue
-        per_sample = []
-        for b in range(B):
-            scores = s[b, :n_valid[b]]
-            if s_neg is not None:
-                scores = torch.cat([scores, s_neg[b, :n_valid[b]]])
-            log_prob = torch.log_softmax(scores / tau, dim=0)[:n_valid[b]]
-            positive = labels[b, :n_valid[b]] >= level
-            per_sample.append(-log_prob[positive].mean().item() if positive.any() else 0.0)
-        total += sum(per_sample) / B
-    return total / 12
-
-
-def test_rank_contrastive_recomputed():
-    gen = torch.Generator().manual_seed(1)
-    B, L = 3, 7
-    n_valid = [7, 5, 4]
-    s = torch.randn(B, L, generator=gen)
-    labels = torch.zeros(B, L)
-    labels[0, :3] = torch.tensor([12.0, 4.0, 7.0])
-    labels[1, 2:4] = torch.tensor([2.0, 9.0])          # sample 2 has no positive at all
-    mask = torch.zeros(B, L, dtype=torch.bool)
-    for b, n in enumerate(n_valid):
-        mask[b, :n] = True
-    got = common.saliency_rank_contrastive_loss(s, labels, mask, tau=0.5)
-    assert math.isclose(float(got), _rank_contrastive_reference(s, labels, n_valid), rel_tol=1e-4)
-    s_neg = torch.randn(B, L, generator=gen)
-    got = common.saliency_rank_contrastive_loss(s, labels, mask, tau=0.5, saliency_neg=s_neg)
-    ref = _rank_contrastive_reference(s, labels, n_valid, s_neg=s_neg)
-    assert math.isclose(float(got), ref, rel_tol=1e-4)
-    assert float(common.saliency_rank_contrastive_loss(s, torch.zeros(B, L), mask)) == 0.0
-
-
-def test_neg_pair_loss_matches_literal_formula():
-    s_neg = torch.tensor([[0.3, -1.0, 2.0], [4.0, 0.0, 9.0]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    literal = (-torch.log(1 - torch.sigmoid(s_neg)) * mask).sum(1).mean()
-    assert torch.allclose(common.neg_pair_loss(s_neg, mask), literal, rtol=1e-5)
-    assert torch.isfinite(common.neg_pair_loss(torch.tensor([[40.0]]), torch.ones(1, 1)))
-
-
-def test_temporal_nms_by_hand():
-    windows = [[0, 10, 0.9], [2, 10, 0.8], [20, 30, 0.85], [25, 35, 0.6]]
-    # sorted: A(.9) C(.85) B(.8) D(.6); IoU(A, B) = 8/10, IoU(C, D) = 5/15
-    assert common.temporal_nms(windows, 0.5) == [[0, 10, 0.9], [20, 30, 0.85], [25, 35, 0.6]]
-    # only overlaps STRICTLY above the threshold are removed: B (IoU exactly 0.8) stays
-    assert common.temporal_nms(windows, 0.8) == [[0, 10, 0.9], [20, 30, 0.85], [2, 10, 0.8],
-                                                  [25, 35, 0.6]]
-    assert common.temporal_nms(torch.tensor(windows), 0.5, max_after_nms=2) == \
-        [[0, 10, pytest.approx(0.9)], [20, 30, pytest.approx(0.85)]]
-
-
-def test_postprocess_windows_rounding():
-    windows = torch.tensor([[2.9, 5.0, 0.123456], [-1.0, 151.3, 0.5], [3.0, 7.0, 0.25],
-                            [1.00003, 4.2, 0.1]])
-    out = common.postprocess_windows(windows, 150, 2)
-    # 2.9/2 = 1.45 -> 1 -> 2; 5/2 = 2.5 -> 2 (half to even) -> 4; clamp -1 -> 0, 151.3 -> 150;
-    # 3/2 = 1.5 -> 2 -> 4; 7/2 = 3.5 -> 4 -> 8; 1.00003 is first written as 1.0 -> 0.5 -> 0.
-    assert out[:, :2].tolist() == [[2.0, 4.0], [0.0, 150.0], [4.0, 8.0], [0.0, 4.0]]
-    assert out[0, 2].item() == pytest.approx(0.1235)
-    assert common.postprocess_windows(windows[:, :2], 150, 1)[1].tolist() == [0.0, 150.0]
-    with pytest.raises(ValueError, match="postprocess_windows"):
-        common.postprocess_windows(torch.zeros(3), 150, 2)
-
-
-# ============================================================================= trdetr.py
-
-@pytest.fixture
-def trdetr_one_thread():
-    """The model tests run thousands of tiny ops. On a busy 2-core machine, two intra-op threads
-    make them about 10x slower than one, so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _model_batch(video_dim, text_dim, video_lens, query_lens, seed=0, num_targets=1):
-    """A hand-built batch with the CONTRACT.md keys."""
-    gen = torch.Generator().manual_seed(seed)
-    B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
-    video_mask = torch.arange(Lv)[None] < torch.tensor(video_lens)[:, None]
-    query_mask = torch.arange(Lq)[None] < torch.tensor(query_lens)[:, None]
-    video = torch.randn(B, Lv, video_dim, generator=gen) * video_mask[..., None]
-    query = torch.randn(B, Lq, text_dim, generator=gen) * query_mask[..., None]
-    spans, sal, rel, pos, neg = [], torch.zeros(B, Lv), torch.zeros(B, Lv), [], []
-    for b, n in enumerate(video_lens):
-        st = int(torch.randint(0, n // 2, (1,), generator=gen))
-        ed = st + max(2, n // 3)                                         # clips st .. ed-1
-        spans.append(common.span_xx_to_cxw(torch.tensor([[st / n, ed / n]]))[:num_targets])
-        sal[b, st:ed] = torch.randint(1, 13, (ed - st,), generator=gen).float()
-        rel[b, st:ed] = 1
-        pos.append([st + int(sal[b, st:ed].argmax()), st])
-        neg.append([st + int(sal[b, st:ed].argmin()), ed if ed < n else 0])
-    return {"video_feats": video, "video_mask": video_mask, "query_feats": query,
-            "query_mask": query_mask, "span_targets": spans, "saliency_pos": torch.tensor(pos),
-            "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": rel}
-
-
-def _model_forward(model, batch, epoch=None):
-    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
-                 epoch=epoch)
-
-
-def test_parameter_count_matches_official():
-    model = trdetr.TRDETR(trdetr.default_config("qvh"), 2818, 512)
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"TR-DETR trainable parameters (QVH, 2818/512): {n:,}")
-    assert n == 8_308_773
-    count = lambda m: sum(p.numel() for p in m.parameters())
-    assert count(model.t2v_encoder) == count(model.encoder) == 1_579_522
-    assert count(model.decoder) == 3_160_837
-    assert count(model.refinement) == count(model.gru) == 394_752
-    assert count(model.txt_position_embed) == 8_704          # the unused table
-
-
-def test_default_configs():
-    qvh = trdetr.default_config("qvh")
-    assert (qvh.lr, qvh.weight_decay, qvh.batch_size, qvh.epochs, qvh.grad_clip, qvh.lr_drop,
-            qvh.seed, qvh.eval_every) == (1e-4, 1e-4, 32, 200, 0.1, 400, 2017, 5)
-    assert (qvh.ctc_loss_coef, qvh.vtc_loss_coef, qvh.best_metric) == (0.5, 0.3, "MR-full-mAP")
-    tv = trdetr.default_config("tvsum")
-    assert (tv.lr, tv.batch_size, tv.epochs, tv.vtc_loss_coef, tv.ctc_loss_coef, tv.use_matcher,
-            tv.best_metric) == (1e-3, 4, 2000, 0.5, 2.0, False, "mAP")
-    assert trdetr.default_config("charades").batch_size == 8
-    assert trdetr.default_config("synthetic").epochs < qvh.epochs
-    with pytest.raises(ValueError, match="unknown dataset"):
-        trdetr.default_config("coco")
-
-
-def test_forward_shapes_with_padding_and_predict(trdetr_one_thread):
-    torch.manual_seed(0)
-    cfg = trdetr.default_config("qvh")
-    model, criterion = trdetr.build(cfg, 34, 16)
-    model.eval()
-    batch = _model_batch(34, 16, video_lens=[12, 20], query_lens=[7, 4])
-    out = _model_forward(model, batch)
-    assert out["pred_logits"].shape == (2, 10, 2) and out["pred_spans"].shape == (2, 10, 2)
-    assert out["saliency"].shape == (2, 20)
-    assert len(out["aux_outputs"]) == cfg.dec_layers - 1
-    assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
-    windows, saliency = trdetr.predict(out, batch["video_mask"])
-    assert windows.shape == (2, 10, 3) and saliency.shape == (2, 20)
-    assert (windows[..., 2][:, :-1] >= windows[..., 2][:, 1:]).all()       # descending score
-    fg = out["pred_logits"].softmax(-1)[..., 0]
-    assert torch.allclose(windows[..., 2].sort(1, descending=True).values,
-                          fg.sort(1, descending=True).values)
-    total, terms = criterion(out, batch)
-    assert set(terms) == {"loss_span", "loss_giou", "loss_label", "loss_span_0", "loss_giou_0",
-                          "loss_label_0", "loss_saliency", "loss_ctc", "loss_vtc", "loss_overall"}
-    assert math.isclose(terms["loss_overall"], sum(v for k, v in terms.items() if k != "loss_overall"),
-                        rel_tol=1e-5)
-    with pytest.raises(ValueError, match="video_feats"):
-        model(batch["video_feats"][..., :5], batch["video_mask"], batch["query_feats"],
-              batch["query_mask"])
-
-
-def test_padding_invariance_where_the_official_design_guarantees_it(trdetr_one_thread):
-    """Padding a sample (to batch it with a longer one) must not change what the official design
-    masks: with padded WORDS only, every output. With padded CLIPS, everything up to the first
-    encoder pass. From there the HD2MR softmax runs over all Lv clips, padding included (as
-    official), so the saliency and the spans DO change. We check that too, so the quirk stays
-    visible."""
-    torch.manual_seed(0)
-    model = trdetr.TRDETR(trdetr.default_config("qvh"), 34, 16).eval()
-    alone = _model_batch(34, 16, video_lens=[12], query_lens=[5], seed=3)
-
-    def padded_with(video_len, query_len):
-        other = _model_batch(34, 16, video_lens=[video_len], query_lens=[query_len], seed=4)
-        Lv, Lq = max(12, video_len), max(5, query_len)
-        pad = lambda x, L: F.pad(x, (0, 0, 0, L - x.shape[1])) if x.dim() == 3 else \
-            F.pad(x, (0, L - x.shape[1]))
-        return (torch.cat([pad(alone["video_feats"], Lv), pad(other["video_feats"], Lv)]),
-                torch.cat([pad(alone["video_mask"], Lv), pad(other["video_mask"], Lv)]),
-                torch.cat([pad(alone["query_feats"], Lq), pad(other["query_feats"], Lq)]),
-                torch.cat([pad(alone["query_mask"], Lq), pad(other["query_mask"], Lq)]))
-
-    captured = []
-    hooks = [model.t2v_encoder[-1].register_forward_hook(lambda m, i, o: captured.append(o)),
-             model.encoder[-1].register_forward_hook(lambda m, i, o: captured.append(o))]
-    with torch.no_grad():
-        ref = _model_forward(model, alone)
-        z_ref, m1_ref = captured[0], captured[1]          # T2V output Z, first encoder pass M1
-        captured.clear()
-        text_padded = model(*padded_with(12, 9))          # same video length, longer query
-        captured.clear()
-        video_padded = model(*padded_with(20, 5))         # longer video
-        z_pad, m1_pad = captured[0], captured[1]
-    for h in hooks:
-        h.remove()
-    for key in ("pred_logits", "pred_spans", "saliency"):
-        assert torch.allclose(text_padded[key][:1], ref[key], atol=1e-5), key
-    assert torch.allclose(z_pad[:1, :12], z_ref, atol=1e-5)
-    assert torch.allclose(m1_pad[:1, :12], m1_ref, atol=1e-5)
-    assert not torch.allclose(video_padded["saliency"][:1, :12], ref["saliency"], atol=1e-3)
-
-
-def test_official_mask_bug_flag_only_matters_with_video_padding(trdetr_one_thread):
-    torch.manual_seed(0)
-    cfg = trdetr.default_config("qvh")
-    clean = trdetr.TRDETR(cfg, 34, 16).eval()
-    buggy = trdetr.TRDETR(dataclasses.replace(cfg, t2v_mask_bug=True), 34, 16).eval()
-    buggy.load_state_dict(clean.state_dict())
-    with torch.no_grad():
-        same = _model_batch(34, 16, video_lens=[15] * 4, query_lens=[3, 8, 5, 2])
-        assert torch.allclose(_model_forward(clean, same)["saliency"], _model_forward(buggy, same)["saliency"])
-        mixed = _model_batch(34, 16, video_lens=[15, 9, 15, 15], query_lens=[8, 2, 6, 7])
-        assert not torch.allclose(_model_forward(clean, mixed)["saliency"],
-                                  _model_forward(buggy, mixed)["saliency"], atol=1e-4)
-
-
-def test_backward_reaches_every_used_parameter(trdetr_one_thread):
-    torch.manual_seed(0)
-    model, criterion = trdetr.build(trdetr.default_config("qvh"), 34, 16)
-    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    total, _ = criterion(_model_forward(model, batch), batch)
-    total.backward()
-    for name, p in model.named_parameters():
-        if name.startswith("txt_position_embed."):       # kept for parity, never used
-            assert p.grad is None, name
-            continue
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    # TVSum (no matcher): only saliency + alignment losses, as in the official run.
-    tv_model, tv_loss = trdetr.build(trdetr.default_config("tvsum"), 34, 16)
-    _, terms = tv_loss(_model_forward(tv_model, batch), batch)
-    assert set(terms) == {"loss_saliency", "loss_ctc", "loss_vtc", "loss_overall"}
-
-
-def test_overfit_one_tiny_batch(trdetr_one_thread):
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(trdetr.default_config("qvh"), hidden_dim=64, nheads=4, enc_layers=1,
-                              dec_layers=2, dim_feedforward=128, num_queries=5, dropout=0.0,
-                              input_dropout=0.0)
-    model, criterion = trdetr.build(cfg, 34, 16)
-    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    first = None
-    for step in range(200):
-        total, terms = criterion(_model_forward(model, batch), batch)
-        first = dict(terms) if first is None else first
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        out = _model_forward(model, batch)
-        _, terms = criterion(out, batch)
-        windows, _ = trdetr.predict(out, batch["video_mask"])
-    ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
-            for b, t in enumerate(batch["span_targets"])]
-    print(f"overfit: loss {first['loss_overall']:.3f} -> {terms['loss_overall']:.3f}, "
-          f"span L1 {first['loss_span']:.3f} -> {terms['loss_span']:.3f}, top-1 IoU {ious}")
-    # The total cannot go to 0: the rank-contrastive saliency loss has a floor of about
-    # log(#positives) per level, and the padded clips add log(2) to the local alignment loss.
-    # How far the span loss falls in 200 steps depends on the CPU's kernels (rounding): 0.787 ->
-    # 0.096 on one machine, below a tenth on another; a fifth leaves room for that, and the IoU
-    # bar below still asks for windows that match.
-    assert terms["loss_overall"] < first["loss_overall"] / 3
-    assert terms["loss_span"] < first["loss_span"] / 5
-    assert min(ious) > 0.8
-
-
-def test_mr2hd_slices_the_top_moment_like_the_official_code(trdetr_one_thread):
-    """MR2HD feeds the GRU the top-1 moment's projected clips, zero-padded to the PADDED length Lv,
-    with floor() indices and Python slice semantics (a negative start gives an empty slice)."""
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(trdetr.default_config("qvh"), hidden_dim=32, nheads=4)
-    model = trdetr.TRDETR(cfg, 34, 16).eval()
-    seen = []
-    model.gru.register_forward_hook(lambda m, inputs, output: seen.append(inputs[0]))
-    clip_feats, memory = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
-    logits = torch.zeros(2, 3, 2)
-    logits[0, 1, 0] = logits[1, 2, 0] = 5.0                  # top query: 1 for sample 0, 2 for 1
-    spans = torch.full((2, 3, 2), 0.5)
-    spans[0, 1] = torch.tensor([0.45, 0.3])                  # xx (0.3, 0.6) * 8 -> clips 2..4
-    spans[1, 2] = torch.tensor([0.05, 0.3])                  # xx (-0.1, 0.2) * 8 -> -1..1: empty
-    with torch.no_grad():
-        model.mr2hd(logits, spans, memory, clip_feats)
-    moments = seen[0]
-    assert moments.shape == (2, 8, 32)
-    assert torch.equal(moments[0, :3], clip_feats[0, 2:5]) and not moments[0, 3:].any()
-    assert not moments[1].any()
-
-
-# ==================================================================================================
-# train.py: the one loop, end to end on a tiny synthetic set
-# ==================================================================================================
-
-def _tiny_synthetic(root):
-    data.make_synthetic(root, seed=3, n_train=24, n_val=8)
-    return root
-
-
-# Config overrides that shrink TR-DETR for the end-to-end tests (the loop, data and metrics stay real).
-SMALL_MODEL = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
-
-
-def _train_args(root, results, *extra):
-    return ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root),
-            "--results-dir", str(results), "--no-progress", "--batch-size", "8", "--eval-every", "1",
-            *SMALL_MODEL, *extra]
-
-
-def test_a_results_folder_in_use_by_a_live_process_is_refused(tmp_path):
-    # Two processes training into one folder (e.g. a TVSum domain started by hand while the
-    # all-domain command reaches it) would interleave the run's files: the second one is refused.
-    root, _, _ = _data_qvh_root(tmp_path)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / train.LOCK_FILE).write_text(str(os.getppid()))      # a live process
-    args = ["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
-            "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]
-    with pytest.raises(SystemExit, match=f"being trained into by process {os.getppid()}"):
-        train.main(args)
-    assert not (run_dir / "config.json").exists()
-    # A marker left by a process that has died is taken over; the finished run removes it.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    (run_dir / train.LOCK_FILE).write_text(dead)
-    assert train.main(args) == 0
-    assert (run_dir / "timing.json").is_file() and not (run_dir / train.LOCK_FILE).exists()
-
-
-def test_summary_prints_the_official_parameter_count(capsys):
-    assert train.main(["--model", "trdetr", "--data", "qvh", "--summary"]) == 0
-    out = capsys.readouterr().out
-    assert "input dims: video 2818, text 512" in out
-    assert out.strip().splitlines()[-1] == "trainable parameters: 8308773"
-
-
-def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
-    root = _tiny_synthetic(tmp_path / "syn")
-    results = tmp_path / "run"
-    assert train.main(_train_args(root, results, "--epochs", "2")) == 0
-    for name in ["config.json", "log.txt", "last.ckpt", "best.ckpt", "val_preds.jsonl", "metrics.json"]:
-        assert (results / name).is_file(), name
-    assert not list(results.glob("*.tmp*"))                     # atomic writes leave no temporaries
-    config = json.loads((results / "config.json").read_text())
-    assert config["config"]["hidden_dim"] == 32 and config["config"]["epochs"] == 2
-    # The submission is the official format, scored by metrics.py to the same brief block.
-    rows = metrics.read_jsonl(results / "val_preds.jsonl")
-    assert len(rows) == 8
-    assert set(rows[0]) == {"qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"}
-    assert len(rows[0]["pred_relevant_windows"]) == 10
-    scores = [w[2] for w in rows[0]["pred_relevant_windows"]]
-    assert scores == sorted(scores, reverse=True)
-    for st, ed, _ in rows[0]["pred_relevant_windows"]:
-        assert 0 <= st <= 150 and 0 <= ed <= 150 and st % 2 == 0 and ed % 2 == 0
-    gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
-    saved = json.loads((results / "metrics.json").read_text())
-    assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
-    assert saved["best_metric"] == "MR-full-mAP"
-    log = (results / "log.txt").read_text().splitlines()
-    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2"]
-    # A second run into the same directory is refused rather than overwriting it.
-    with pytest.raises(SystemExit, match="already holds a run: continue it with --resume"):
-        train.main(_train_args(root, results, "--epochs", "2"))
-    # Without a last.ckpt (killed during its first epoch) the message does not offer --resume.
-    (tmp_path / "killed").mkdir()
-    shutil.copy(results / "config.json", tmp_path / "killed" / "config.json")
-    with pytest.raises(SystemExit, match="stopped during its first epoch, before any checkpoint"):
-        train.main(_train_args(root, tmp_path / "killed", "--epochs", "2"))
-    # Resuming a run that finished at epoch 2, extended to 3 epochs, trains only epoch 3.
-    assert train.main(_train_args(root, results, "--epochs", "3", "--resume",
-                                  str(results / "last.ckpt"))) == 0
-    log = (results / "log.txt").read_text().splitlines()
-    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2", "3"]
-    assert torch.load(results / "last.ckpt", weights_only=False)["epoch"] == 3
-
-
-def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epoch(tmp_path,
-                                                                                   monkeypatch):
-    # Short epochs (TVSum: one step each) must not rewrite the ~70 MB state every epoch; the first
-    # epoch's state is always written, so only a run killed during its first epoch has none.
-    root = _tiny_synthetic(tmp_path / "syn")
-    written = []
-    save = train.save_atomic
-    monkeypatch.setattr(train, "save_atomic", lambda obj, path: (
-        written.append((os.path.basename(path), obj["epoch"])), save(obj, path)))
-    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 1e9)
-    train.main(_train_args(root, tmp_path / "rare", "--epochs", "3"))
-    assert [e for name, e in written if name == "last.ckpt"] == [1, 3]
-    written.clear()
-    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
-    train.main(_train_args(root, tmp_path / "every", "--epochs", "3"))
-    assert [e for name, e in written if name == "last.ckpt"] == [1, 2, 3]
-
-
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    # Two epochs straight, or one epoch + a resumed second one (as after a kill), give the same
-    # weights: the checkpoint carries the optimiser, the scheduler and every RNG state.
-    root = _tiny_synthetic(tmp_path / "syn")
-    train.main(_train_args(root, tmp_path / "straight", "--epochs", "2"))
-    train.main(_train_args(root, tmp_path / "killed", "--epochs", "1"))
-    train.main(_train_args(root, tmp_path / "killed", "--epochs", "2",
-                           "--resume", str(tmp_path / "killed" / "last.ckpt")))
-    a = torch.load(tmp_path / "straight" / "last.ckpt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "last.ckpt", weights_only=False)["model"]
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def test_eval_only_writes_predictions_and_metrics(tmp_path):
-    root = _tiny_synthetic(tmp_path / "syn")
-    run_dir = tmp_path / "run"
-    train.main(_train_args(root, run_dir, "--epochs", "1"))
-    assert train.main(["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root),
-                       "--no-progress", "--eval-only", "--resume", str(run_dir / "best.ckpt")]) == 0
-    out = run_dir / "eval_best"
-    rows = metrics.read_jsonl(out / "val_preds.jsonl")
-    # The best checkpoint evaluated again gives the very predictions saved during training.
-    assert rows == metrics.read_jsonl(run_dir / "val_preds.jsonl")
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["brief"] == json.loads((run_dir / "metrics.json").read_text())["brief"]
-
-
-def test_train_reports_missing_features_clearly(tmp_path):
-    # The command line turns a FeatureError into one line naming the path, with no traceback.
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "train.py"),
-                           "--model", "trdetr", "--data", "qvh", "--feat-root", str(tmp_path / "nothing"),
-                           "--results-dir", str(tmp_path / "r"), "--no-progress"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert str(tmp_path / "nothing") in proc.stderr
-    assert "Getting the features" in proc.stderr
-
-
-def test_qvh_real_layout_train_then_eval_only_writes_test_submission(tmp_path):
-    # The real-data path end to end on a tiny tree in the QVHighlights layout and dims (2818 / 512):
-    # train one epoch, then --eval-only writes the val metrics and the unlabelled test submission.
-    root, _, _ = _data_qvh_root(tmp_path)
-    # The released test labels (moment_detr's highlight_test_with_gt.jsonl): same lines + labels.
-    labelled_test = [dict(metrics.read_jsonl(root / "highlight_train_release.jsonl")[1])]
-    _data_write_jsonl(root / "highlight_test_with_gt.jsonl", labelled_test)
-    run_dir = tmp_path / "run"
-    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
-                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
-    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
-                       "--eval-only", "--resume", str(run_dir / "best.ckpt"), "--plot", "1"]) == 0
-    out = run_dir / "eval_best"
-    # Local test evaluation: the official metrics of test_preds.jsonl against the labelled file.
-    test_rows = metrics.read_jsonl(out / "test_preds.jsonl")
-    saved = json.loads((out / "test_metrics.json").read_text())
-    assert saved["split"] == "test"
-    assert saved["brief"] == metrics.evaluate_qvh(test_rows, labelled_test)["brief"]
-    assert (out / "plots" / "0.svg").is_file()                  # the first val query, qid 0
-    assert set(json.loads((out / "metrics.json").read_text())["brief"]) >= {"MR-full-mAP", "HL-min-VeryGood-Hit1"}
-    (test_row,) = metrics.read_jsonl(out / "test_preds.jsonl")
-    assert test_row["qid"] == 1 and test_row["vid"] == "v2"
-    assert len(test_row["pred_saliency_scores"]) == 59          # one score per loaded clip
-    assert len(test_row["pred_relevant_windows"]) == 10
-    for st, ed, _ in test_row["pred_relevant_windows"]:
-        assert 0 <= st <= 150 and 0 <= ed <= 150 and st % 2 == 0 and ed % 2 == 0
-
-
-@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
-                    reason="../shared/realdata/tvsum (real TVSum features) not present")
-def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
-    run_dir = tmp_path / "bk"
-    assert train.main(["--model", "trdetr", "--data", "tvsum", "--domain", "BK", "--no-progress",
-                       "--feat-root", str(SHARED / "realdata" / "tvsum"), "--results-dir", str(run_dir),
-                       "--epochs", "2", "--eval-every", "1", *SMALL_MODEL]) == 0
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["domain"] == "BK" and saved["best_metric"] == "mAP"
-    assert 0.0 <= saved["brief"]["mAP"] <= 1.0
-    (row,) = metrics.read_jsonl(run_dir / "val_preds.jsonl")          # one val video per domain
-    gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_val.jsonl")
-          if a["domain"] == "BK"]
-    assert row["qid"] == gt[0]["qid"] and len(row["pred_saliency_scores"]) == len(gt[0]["label"])
-    assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
-    # The fit check (README, TVSum): the last checkpoint scored on the domain's 4 training videos,
-    # into files named after the split, beside nothing that could pass for the reported numbers.
-    assert train.main(["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
-                       str(SHARED / "realdata" / "tvsum"), "--eval-only", "--eval-split", "train",
-                       "--resume", str(run_dir / "last.ckpt")]) == 0
-    out = run_dir / "eval_last"
-    assert sorted(p.name for p in out.iterdir()) == ["train_metrics.json", "train_preds.jsonl"]
-    rows = metrics.read_jsonl(out / "train_preds.jsonl")
-    train_gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_train.jsonl")
-                if a["domain"] == "BK"]
-    assert sorted(r["qid"] for r in rows) == sorted(a["qid"] for a in train_gt) and len(rows) == 4
-    fit = json.loads((out / "train_metrics.json").read_text())
-    assert (fit["split"], fit["domain"]) == ("train", "BK")
-    assert fit["brief"]["mAP"] == metrics.evaluate_tvsum(rows, train_gt)["brief"]["mAP"]
-
-
-def test_eval_split_scores_another_split_and_refuses_what_it_cannot_score(tmp_path):
-    root = _tiny_synthetic(tmp_path / "syn")
-    run_dir = tmp_path / "run"
-    train.main(_train_args(root, run_dir, "--epochs", "1"))
-    base = ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root), "--no-progress",
-            "--resume", str(run_dir / "best.ckpt")]
-    assert train.main([*base, "--eval-only", "--eval-split", "train"]) == 0
-    rows = metrics.read_jsonl(run_dir / "eval_best" / "train_preds.jsonl")
-    gt = metrics.read_jsonl(root / "highlight_train_release.jsonl")
-    assert len(rows) == len(gt)
-    fit = json.loads((run_dir / "eval_best" / "train_metrics.json").read_text())
-    assert fit["split"] == "train" and fit["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
-    # Naming the eval split itself writes the usual files.
-    assert train.main([*base, "--eval-only", "--eval-split", "val"]) == 0
-    saved = json.loads((run_dir / "eval_best" / "metrics.json").read_text())
-    assert saved["split"] == "val"
-    assert saved["brief"] == json.loads((run_dir / "metrics.json").read_text())["brief"]
-    with pytest.raises(SystemExit, match="go with --eval-only"):
-        train.main([*base, "--eval-split", "train"])
-    with pytest.raises(SystemExit, match="labelled splits train, val, not 'test'"):
-        train.main([*base, "--eval-only", "--eval-split", "test"])
-    with pytest.raises(SystemExit, match="not with --eval-split train"):
-        train.main([*base, "--eval-only", "--eval-split", "train", "--test-gt", str(root / "x")])
-
-
-@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
-                    reason="../shared/realdata/tvsum (real TVSum features) not present")
-def test_tvsum_all_domains_prints_the_table_beside_the_paper_and_resumes(tmp_path, capsys,
-                                                                        monkeypatch):
-    out = tmp_path / "all"
-    args = ["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
-            str(SHARED / "realdata" / "tvsum"), "--results-dir", str(out), "--epochs", "1",
-            *SMALL_MODEL]
-    assert train.main(args) == 0
-    table = json.loads((out / "tvsum_table.json").read_text())
-    assert list(table["mAP"]) == data.TVSUM_DOMAINS and table["model"] == "trdetr"
-    assert (table["seed"], table["epochs"]) == (2018, 1)
-    for domain in data.TVSUM_DOMAINS:
-        saved = json.loads((out / domain / "metrics.json").read_text())
-        assert saved["domain"] == domain and table["mAP"][domain] == saved["brief"]["mAP"]
-    assert table["Avg"] == pytest.approx(sum(table["mAP"].values()) / 10)
-    # One epoch = one evaluation per domain: the best epoch is 1 and the mean of the evaluations
-    # is that evaluation itself.
-    assert table["best_epoch"] == {d: 1 for d in data.TVSUM_DOMAINS}
-    assert table["evaluations"] == {d: 1 for d in data.TVSUM_DOMAINS}
-    assert table["mean_of_evaluations"] == table["mAP"]
-    assert table["config"]["seed"] == 2018 and table["config"]["lr"] == 1e-3
-    printed = capsys.readouterr().out.splitlines()
-    assert any(l.startswith("| the same, mean of all evaluations | ") for l in printed)
-    reference = metrics.tvsum_reference(metrics.read_jsonl(TVSUM_VAL))
-    assert table["reference"] == reference
-    consensus = next(l for l in printed if l.startswith("| the annotators' mean score as ranking |"))
-    assert f"| {100 * reference['annotator_mean']['VT']:.1f} |" in consensus
-    ours = next(l for l in printed if l.startswith("| trdetr, seed 2018, 1 epochs |"))
-    assert ours.endswith(f"| {100 * table['Avg']:.1f} |")
-    assert "| paper, Table 3 (I3D) | 89.3 | 93 | 94.3 | 85.1 | 88 | 88.6 | 80.4 | 91.3 | 89.5 | " \
-           "81.6 | 88.1 |" in printed
-    # The same command again: every finished domain is reused, nothing trains.
-    calls = []
-    real_run = train.run
-    monkeypatch.setattr(train, "run", lambda *a, **k: calls.append(a[6]) or real_run(*a, **k))
-    assert train.main(args) == 0 and calls == []
-    assert json.loads((out / "tvsum_table.json").read_text()) == table
-    # A domain without timing.json was interrupted: only it runs again, from its last.ckpt.
-    (out / "DS" / "timing.json").unlink()
-    assert train.main(args) == 0 and calls == ["DS"]
-    assert (out / "DS" / "timing.json").is_file()
-    # One killed during its first epoch has no last.ckpt: it is started again from an empty
-    # folder (its old log does not stay).
-    (out / "DS" / "timing.json").unlink()
-    (out / "DS" / "last.ckpt").unlink()
-    capsys.readouterr()
-    assert train.main(args) == 0 and calls == ["DS", "DS"]
-    assert "DS: the run in" in capsys.readouterr().out
-    log = (out / "DS" / "log.txt").read_text().splitlines()
-    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1"]
-    assert (out / "DS" / "last.ckpt").is_file()
-    # Another configuration into the same folder is refused, not mixed into the table.
-    with pytest.raises(SystemExit, match="another configuration"):
-        train.main(args + ["--seed", "5"])
-
-    # --jobs 2: the domains left to train run as child processes, two at a time, each with this
-    # command line restricted to its domain; this process trains none of them itself.
-    shutil.rmtree(out / "PK")                                    # new
-    (out / "DS" / "timing.json").unlink()                        # interrupted: resumed
-    (out / "MS" / "timing.json").unlink()                        # killed in its first epoch
-    (out / "MS" / "last.ckpt").unlink()
-    calls.clear()
-    capsys.readouterr()
-    assert train.main(args + ["--jobs", "2"]) == 0 and calls == []
-    printed = capsys.readouterr().out
-    assert "training 3 domain(s) (MS PK DS), 2 at a time" in printed
-    assert "PK: started (new run" in printed and "DS: started (resuming" in printed
-    assert "MS: the run in" in printed and "MS: started (new run" in printed
-    assert "PK: finished, best mAP" in printed and "DS: finished run found" in printed
-    for domain in ("MS", "PK", "DS"):
-        assert (out / domain / "timing.json").is_file()
-        assert not (out / domain / train.LOCK_FILE).exists()
-        assert "best mAP" in (out / domain / "output.txt").read_text()   # the child's last line
-    again = json.loads((out / "tvsum_table.json").read_text())
-    assert again["mAP"]["PK"] == json.loads((out / "PK" / "metrics.json").read_text())["brief"]["mAP"]
-    # DS stopped after its last epoch: resuming it trained nothing, so its number is unchanged.
-    assert {d: v for d, v in again["mAP"].items() if d != "PK"} == \
-        {d: v for d, v in table["mAP"].items() if d != "PK"}
-    # A failing child is reported by domain after the others have ended; their results stay.
-    (out / "DS" / "timing.json").unlink()
-    (out / "DS" / "last.ckpt").write_bytes(b"not a checkpoint")
-    shutil.rmtree(out / "BT")
-    with pytest.raises(SystemExit, match=r"the DS run\(s\) failed"):
-        train.main(args + ["--jobs", "2"])
-    assert "--resume: cannot read" in (out / "DS" / "output.txt").read_text()
-    assert (out / "BT" / "timing.json").is_file()
-    # A domain that another command (one started by hand with --domain) is training when its turn
-    # comes is waited for, never started twice. Stand-ins hold the locks: one finishes VT meanwhile
-    # (writes its timing.json, releases the lock), so VT is reused; one dies holding BK, so BK is
-    # resumed from its last.ckpt once the lock is stale. A held domain without its first checkpoint
-    # yet (GA) is not taken for a broken one.
-    shutil.rmtree(out / "DS")
-    go = tmp_path / "go"        # the stand-ins act once the command has seen all three locks
-    stand_in = ("import pathlib, sys, time\n"
-                "d, go, act = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]\n"
-                "while not go.exists(): time.sleep(0.05)\n"
-                "if act == 'finish':\n"
-                "    (d / 'timing.json').write_text(sys.argv[4]); (d / 'running.pid').unlink()\n"
-                "if act == 'checkpoint, then die':\n"
-                "    (d.parent / 'GA.ckpt').rename(d / 'last.ckpt')\n")
-    timing_vt = (out / "VT" / "timing.json").read_text()
-    for domain in ("VT", "GA", "BK"):
-        (out / domain / "timing.json").unlink()
-    (out / "GA" / "last.ckpt").rename(out / "GA.ckpt")
-    acts = {"VT": ["finish", timing_vt], "GA": ["checkpoint, then die"], "BK": ["die"]}
-    stand_ins = {d: subprocess.Popen([sys.executable, "-c", stand_in, str(out / d), str(go), *a])
-                 for d, a in acts.items()}
-    for domain, proc in stand_ins.items():
-        (out / domain / train.LOCK_FILE).write_text(str(proc.pid))
-        # Reap each stand-in as it exits: a dead child not yet waited for still counts as alive.
-        threading.Thread(target=proc.wait, daemon=True).start()
-    try:
-        with pytest.raises(SystemExit, match="VT: .* is being trained into by process"):
-            train.main(args)                               # without --jobs: refused, nothing lost
-        assert calls == [] and (out / "VT" / train.LOCK_FILE).is_file()
-        real_sleep = time.sleep
-        monkeypatch.setattr(time, "sleep", lambda s: go.touch() or real_sleep(s))
-        capsys.readouterr()
-        assert train.main(args + ["--jobs", "2"]) == 0
-    finally:
-        go.touch()
-        for proc in stand_ins.values():
-            proc.wait(timeout=30)
-    printed = capsys.readouterr().out
-    assert "training 4 domain(s) (VT GA BK DS), 2 at a time" in printed
-    for domain in ("VT", "GA", "BK"):
-        assert f"{domain}: being trained into by process {stand_ins[domain].pid}" in printed
-    assert "VT: finished meanwhile by another command, reused" in printed
-    assert "BK: started (resuming" in printed and "GA: started (resuming" in printed
-    assert "DS: started (new run" in printed and "FAILED" not in printed
-    assert not (out / "VT" / "output.txt").exists()       # this command never ran VT
-    for domain in ("GA", "BK", "DS"):
-        assert (out / domain / "timing.json").is_file()
-    with pytest.raises(SystemExit, match="--jobs trains TVSum domains"):
-        train.main(args + ["--jobs", "2", "--domain", "VT"])
-
-
-def test_eval_history_keeps_the_later_line_of_a_re_done_epoch(tmp_path):
-    # A resumed run re-does the epochs after its last checkpoint: the later evaluation counts.
-    (tmp_path / "log.txt").write_text(
-        "epoch 5 0.4s lr 1.00e-03 loss_overall 2.0\n"
-        'eval epoch 5 {"mAP": 0.5}\n'
-        'eval epoch 5 nms 0.7 {"mAP": 0.9}\n'
-        'eval epoch 10 {"mAP": 0.25}\n'
-        'eval epoch 10 {"mAP": 0.75}\n')
-    assert train.eval_history(tmp_path) == {5: {"mAP": 0.5}, 10: {"mAP": 0.75}}
-    assert train.eval_history(tmp_path / "absent") == {}
-
-
-def _tvsum_table_file(path, model, seed, values, lr=1e-3):
-    table = dict(zip(data.TVSUM_DOMAINS, values))
-    path.mkdir(parents=True)
-    (path / "tvsum_table.json").write_text(json.dumps({
-        "model": model, "seed": seed, "epochs": 2000, "mAP": table,
-        "Avg": sum(values) / len(values), "config": {"seed": seed, "lr": lr}}))
-    return str(path)
-
-
-def test_readme_tvsum_rows_are_the_committed_result_files(capsys):
-    # Every TVSum number of ours in the README is traceable: each seed's two rows are its committed
-    # docs/tvsum/<model>_seed<S>.json, and a mean ± std row is --tvsum-summary of those files.
-    here = Path(__file__).resolve().parent
-    readme = (here / "README.md").read_text().splitlines()
-    names = {"trdetr": "TR-DETR", "taskweave": "TaskWeave", "videolights": "VideoLights",
-             "flashvtg": "FlashVTG"}
-
-    def cells_of(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")][-11:]
-
-    def row(model, marker):
-        found = [l for l in readme if l.startswith(f"| {names[model]} |") and marker in l]
-        assert len(found) == 1, (model, marker, found)
-        return cells_of(found[0])
-
-    files = sorted((here / "docs" / "tvsum").glob("*_seed*.json"))
-    assert len(files) >= 4
-    seeds = {}
-    for file in files:
-        t = json.loads(file.read_text())
-        assert file.name == f"{t['model']}_seed{t['seed']}.json"
-        assert list(t["mAP"]) == data.TVSUM_DOMAINS
-        seeds.setdefault(t["model"], []).append(file)
-        best = [f"{100 * t['mAP'][d]:.1f}" for d in data.TVSUM_DOMAINS] + [f"{100 * t['Avg']:.1f}"]
-        assert row(t["model"], f"this repo, seed {t['seed']}, best epoch") == best
-        n = set(t["evaluations"].values())
-        assert len(n) == 1
-        means = [t["mean_of_evaluations"][d] for d in data.TVSUM_DOMAINS]
-        assert row(t["model"], f"this repo, seed {t['seed']}, mean of all {n.pop()} evaluations") \
-            == [f"{100 * v:.1f}" for v in means] + [f"{100 * sum(means) / len(means):.1f}"]
-    for model, group in seeds.items():
-        if len(group) < 2:
-            continue
-        capsys.readouterr()
-        assert train.main(["--tvsum-summary", *map(str, group)]) == 0
-        summary = capsys.readouterr().out.splitlines()[2]
-        assert row(model, "best epoch, mean ± std") == cells_of(summary)
-
-
-def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
-    runs = [_tvsum_table_file(tmp_path / f"s{seed}", "trdetr", seed, [base + i / 100 for i in range(10)])
-            for seed, base in ((1, 0.5), (2, 0.6), (3, 0.7))]
-    one = _tvsum_table_file(tmp_path / "tw", "taskweave", 2017, [0.8] * 10)
-    assert train.main(["--tvsum-summary", *runs, one + "/tvsum_table.json"]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    # VT: 50, 60, 70 -> 60.0 +- 10.0 (sample std); BT (i = 8): 58, 68, 78; Avg: 54.5, 64.5, 74.5.
-    assert printed[2] == ("| trdetr, seeds 1, 2, 3 (mean ± std) | 60.0 ± 10.0 | 61.0 ± 10.0 | "
-                          "62.0 ± 10.0 | 63.0 ± 10.0 | 64.0 ± 10.0 | 65.0 ± 10.0 | 66.0 ± 10.0 | "
-                          "67.0 ± 10.0 | 68.0 ± 10.0 | 69.0 ± 10.0 | 64.5 ± 10.0 |")
-    assert printed[3].startswith("| trdetr paper, Table 3 (I3D) | 89.3 | 93 |")
-    assert printed[4] == "| taskweave, seeds 2017 (mean ± std) |" + " 80.0 |" * 11
-    # Runs of another configuration (or the same seed twice) are not averaged together.
-    other = _tvsum_table_file(tmp_path / "lr", "trdetr", 4, [0.5] * 10, lr=1e-4)
-    with pytest.raises(SystemExit, match="different configurations"):
-        train.main(["--tvsum-summary", *runs, other])
-    with pytest.raises(SystemExit, match="seed given twice"):
-        train.main(["--tvsum-summary", runs[0], runs[0]])
-    with pytest.raises(SystemExit, match="no .*tvsum_table.json"):
-        train.main(["--tvsum-summary", str(tmp_path / "nothing")])
-
-
-def test_eval_only_with_a_missing_test_gt_is_a_clear_error(tmp_path):
-    root, _, _ = _data_qvh_root(tmp_path)
-    with pytest.raises(SystemExit, match="go with --eval-only"):
-        train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--plot", "2"])
-
-
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared (fixtures) not present: Charades lines")
-def test_trdetr_trains_on_charades_real_annotation_lines(tmp_path):
-    # Charades-STA lines have one window and no clip ids or scores; data.window_labels derives the
-    # saliency pairs, saliency_all and TR-DETR's clip-relevance mask from the window, so the full
-    # TR-DETR loss (CTC included) trains. Real annotation lines, random features in the real layout.
-    fixtures = SHARED / "fixtures" / "charades"
-    root = tmp_path / "charades"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 3)):
-        lines = metrics.read_jsonl(fixtures / f"charades_sta_{split}_tvr_format.jsonl")[:n]
-        _data_write_jsonl(root / f"charades_sta_{split}_tvr_format.jsonl", lines)
-        for ann in lines:
-            n_clips = int(ann["duration"])                     # one row per 1-s clip
-            _data_npz(root / "slowfast_features" / f"{ann['vid']}.npz",
-                      features=rng.normal(size=(n_clips, 2304)).astype(np.float16))
-            _data_npz(root / "clip_features" / f"{ann['vid']}.npz",
-                      features=rng.normal(size=(n_clips, 512)).astype(np.float16))
-            _data_npz(root / "clip_text_features" / f"qid{ann['qid']}.npz",
-                      last_hidden_state=rng.normal(size=(9, 512)).astype(np.float16))
-    ds = data.load_dataset("charades", root, "train", progress=False)
-    batch = data.collate([ds[i] for i in range(len(ds))])
-    # Every item has relevant clips and graded (0/1) saliency derived from its window.
-    assert (batch["relevant_mask"].sum(1) > 0).all()
-    assert set(batch["saliency_all"].unique().tolist()) <= {0.0, 1.0}
-    model, criterion = trdetr.build(dataclasses.replace(trdetr.default_config("charades"), hidden_dim=32,
-                                                        dim_feedforward=64, nheads=4), ds.video_dim, ds.text_dim)
-    out = model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
-    total, terms = criterion(out, batch)
-    assert torch.isfinite(total) and terms["loss_ctc"] > 0 and terms["loss_saliency"] > 0
-    run_dir = tmp_path / "run"
-    assert train.main(["--model", "trdetr", "--data", "charades", "--feat-root", str(root), "--no-progress",
-                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["split"] == "test" and saved["best_metric"] == "MR-full-R1@0.7"
-    assert {"MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"} <= set(saved["brief"])
-    for row in metrics.read_jsonl(run_dir / "val_preds.jsonl"):    # rounded to the 1-s clip grid
-        assert all(float(st).is_integer() and float(ed).is_integer()
-                   for st, ed, _ in row["pred_relevant_windows"])
-
-
-def test_prediction_svg_draws_what_it_says():
-    import xml.etree.ElementTree as ET
-    gt = {"qid": 7, "query": "a <dog> & a cat", "duration": 20, "vid": "v",
-          "relevant_windows": [[2, 6], [10, 12]], "relevant_clip_ids": [1, 2, 5],
-          "saliency_scores": [[4, 4, 4], [2, 2, 2], [0, 1, 2]]}
-    row = {"qid": 7, "vid": "v", "pred_saliency_scores": [0.1 * i for i in range(10)],
-           "pred_relevant_windows": [[2, 6, 0.9], [0, 20, 0.5], [10, 12, 0.4], [4, 8, 0.1]]}
-    root = ET.fromstring(train.prediction_svg(row, gt, clip_len=2, top_k=3, width=900))
-    ns = "{http://www.w3.org/2000/svg}"
-    rects = lambda cls: [r for r in root.iter(ns + "rect") if r.get("class") == cls]
-    # Plot area: x from 60 to 880 (820 px) for 0..20 s, i.e. 41 px per second.
-    assert [(float(r.get("x")), float(r.get("width"))) for r in rects("gt-window")] == [(142.0, 164.0), (470.0, 82.0)]
-    assert [float(r.get("height")) for r in rects("gt-saliency")] == [160.0, 80.0, 40.0]   # means 4, 2, 1 of 4 x 160 px
-    assert [float(r.get("x")) for r in rects("pred-window")] == [142.0, 60.0, 470.0]        # top 3, best first
-    (curve,) = [p for p in root.iter(ns + "polyline")]
-    points = [tuple(map(float, p.split(","))) for p in curve.get("points").split()]
-    assert len(points) == 10
-    assert points[0] == (101.0, 210.0) and points[-1][1] == 50.0    # lowest score at the bottom, highest at the top
-    texts = "".join(t.text or "" for t in root.iter(ns + "text"))
-    assert "a <dog> & a cat" in texts                                # escaped in the file, intact when parsed
-    # TVSum: no windows, the 20 annotators' mean 1..5 score per shot.
-    tv = train.prediction_svg({"qid": "x", "pred_saliency_scores": [1.0, 2.0, 3.0]},
-                              {"qid": "x", "query": "t", "duration": 3, "label": [[1] * 20, [3] * 20, [5] * 20]},
-                              clip_len=2)
-    tv_root = ET.fromstring(tv)
-    assert len([r for r in tv_root.iter(ns + "rect") if r.get("class") == "gt-saliency"]) == 3
-
-
-# ==================================================================================================
-# train.py: EMA, NMS and --init (the hooks the other models use)
-# ==================================================================================================
-
-def test_update_ema_follows_the_model_once_per_call():
-    # ema = 0.9 * ema + 0.1 * model on parameters and float buffers; integer buffers are copied.
-    ema, model = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
-    with torch.no_grad():
-        ema.weight.fill_(1.0)
-        model.weight.fill_(3.0)
-        model.running_mean.fill_(2.0)
-        model.num_batches_tracked.fill_(7)
-    train.update_ema(ema, model, 0.9)
-    assert torch.allclose(ema.weight, torch.full((3,), 1.2))
-    assert torch.allclose(ema.running_mean, torch.full((3,), 0.2))
-    assert int(ema.num_batches_tracked) == 7
-    assert torch.equal(model.weight, torch.full((3,), 3.0))        # the model itself is untouched
-
-
-class _NmsConfig:
-    nms_thd, nms_kind = 0.5, "remove"
-
-
-def test_apply_nms_keeps_the_best_of_overlapping_windows():
-    # [0, 10] and [2, 10] overlap by IoU 0.8 > 0.5: the lower-scored one goes; [20, 30] stays.
-    rows = [{"qid": 1, "pred_relevant_windows": [[0, 10, 0.9], [2, 10, 0.8], [20, 30, 0.5]],
-             "pred_saliency_scores": [0.1]}]
-    out = train.apply_nms(rows, _NmsConfig())
-    assert out[0]["pred_relevant_windows"] == [[0, 10, 0.9], [20, 30, 0.5]]
-    assert out[0]["pred_saliency_scores"] == [0.1] and out[0]["qid"] == 1
-    assert len(rows[0]["pred_relevant_windows"]) == 3               # the input rows are not modified
-    assert not train.uses_nms(_NmsConfig(), "tvsum") and train.uses_nms(_NmsConfig(), "qvh")
-
-
-def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
-    root = _tiny_synthetic(tmp_path / "syn")
-    run_dir = tmp_path / "run"
-    train.main(_train_args(root, run_dir, "--epochs", "1"))
-    cfg = dataclasses.replace(trdetr.default_config("synthetic"), hidden_dim=32,
-                              dim_feedforward=64, nheads=4)
-    spec = data.dataset_spec("synthetic")
-    model, _ = trdetr.build(cfg, spec.video_dim, spec.text_dim)
-    train.load_initial_weights(model, str(run_dir / "best.ckpt"), "trdetr")
-    saved = torch.load(run_dir / "best.ckpt", weights_only=False)["model"]
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, saved[key]), key
-    bigger, _ = trdetr.build(dataclasses.replace(cfg, hidden_dim=64), spec.video_dim, spec.text_dim)
-    with pytest.raises(SystemExit, match="does not fit this model"):
-        train.load_initial_weights(bigger, str(run_dir / "best.ckpt"), "trdetr")
-    with pytest.raises(SystemExit, match="not flashvtg"):
-        train.load_initial_weights(model, str(run_dir / "best.ckpt"), "flashvtg")
-    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match=r"--init: cannot read .*broken\.ckpt as a checkpoint"):
-        train.load_initial_weights(model, str(tmp_path / "broken.ckpt"), "trdetr")
-    with pytest.raises(SystemExit, match="--init: no checkpoint at"):
-        train.load_initial_weights(model, str(tmp_path / "absent.ckpt"), "trdetr")
-    # From the command line: a new run that starts from those weights records where they came from.
-    train.main(_train_args(root, tmp_path / "finetune", "--epochs", "1",
-                           "--init", str(run_dir / "best.ckpt")))
-    config = json.loads((tmp_path / "finetune" / "config.json").read_text())
-    assert config["init"] == str(run_dir / "best.ckpt")
-    with pytest.raises(SystemExit, match="does not go with --resume"):
-        train.main(_train_args(root, tmp_path / "x", "--init", str(run_dir / "best.ckpt"),
-                               "--resume", str(run_dir / "last.ckpt")))
-
-
-@pytest.mark.parametrize("name", sorted(train.MODELS))
-def test_amp_forward_in_bfloat16_gives_the_float32_loss_within_bfloat16_precision(name):
-    # --amp runs the forward under bfloat16 autocast (here on the CPU, the same code path as CUDA)
-    # and the loss on float32 copies of the outputs: every model must go through it and give
-    # finite gradients and about the float32 loss. Only about: at initialisation the decoder
-    # queries' scores are near-ties, and TR-DETR's MR2HD feeds the top-1 query's window to its
-    # saliency head, so bfloat16 rounding may pick another query (seen here: 2.5% on the loss).
-    module = train.MODELS[name]
-    torch.manual_seed(0)
-    model, criterion = module.build(module.default_config("qvh"), 34, 16)
-    model.eval()    # no dropout: both passes compute the same function
-    if name == "flashvtg":
-        batch = _fv_batch([12, 9, 12], [5, 7, 3], [[(2, 6)], [(0, 4)], [(5, 12)]])
-    else:
-        batch = _model_batch(34, 16, video_lens=[12, 9, 12], query_lens=[5, 7, 3], seed=1)
-    args = (batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
-    full, _ = criterion(model(*args, epoch=0), batch, epoch=0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs = model(*args, epoch=0)
-    assert any(t.dtype == torch.bfloat16 for t in outputs.values() if torch.is_tensor(t))
-    outputs = train.to_float32(outputs)
-    assert all(t.dtype != torch.bfloat16 for t in outputs.values() if torch.is_tensor(t))
-    mixed, _ = criterion(outputs, batch, epoch=0)
-    assert mixed.dtype == torch.float32
-    assert abs(mixed.item() - full.item()) < 0.1 * abs(full.item())
-    mixed.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert len(grads) > 10 and all(torch.isfinite(g).all() for g in grads)
-
-
-def test_amp_run_records_its_precision_and_refuses_gpus_without_bfloat16(tmp_path, monkeypatch):
-    root = _tiny_synthetic(tmp_path / "syn")
-    assert train.main(_train_args(root, tmp_path / "amp", "--epochs", "1", "--amp")) == 0
-    assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
-    assert json.loads((tmp_path / "amp" / "timing.json").read_text())["amp"] is True
-    assert torch.load(tmp_path / "amp" / "last.ckpt", weights_only=False)["amp"] is True
-    assert json.loads((tmp_path / "amp" / "metrics.json").read_text())["brief"]["MR-full-mAP"] >= 0
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    with pytest.raises(SystemExit, match="no bfloat16 support"):
-        train.check_amp(torch.device("cuda"))
-
-
-def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_path):
-    root = _tiny_synthetic(tmp_path / "syn")
-    out = tmp_path / "cmp"
-    args = ["--compare", "--models", "trdetr,flashvtg", "--data", "synthetic", "--feat-root", str(root),
-            "--results-dir", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress",
-            *SMALL_MODEL]
-    assert train.main(args) == 0
-    timing = json.loads((out / "trdetr" / "timing.json").read_text())
-    assert timing["epochs_timed"] == 1 and timing["train_seconds_per_epoch"] > 0
-    assert timing["inference_ms_per_query"] > 0 and timing["peak_memory_mib"] > 0
-    config = json.loads((out / "trdetr" / "config.json").read_text())
-    assert config["config"]["seed"] == train.COMPARE_SEED and config["config"]["hidden_dim"] == 32
-    brief = json.loads((out / "trdetr" / "metrics.json").read_text())["brief"]
-    table = (out / "comparison.md").read_text().splitlines()
-    assert table[2].startswith("| model | params | epochs | best epoch | train s/epoch | "
-                               "of which loading |")
-    cells = [c.strip() for c in table[4].strip("|").split("|")]
-    assert cells[0] == "trdetr" and cells[1] == f"{timing['trainable_parameters']:,}"
-    assert cells[2] == "1" and cells[3] == "1"
-    assert cells[5] == f"{timing['load_seconds_per_epoch']:.2f}"
-    assert 0 <= timing["load_seconds_per_epoch"] < timing["train_seconds_per_epoch"]
-    assert cells[8] == f"{brief['MR-full-R1@0.5']:.2f}"
-    # One row per model, in the order asked; FlashVTG (no DETR, NMS files) fits the same table.
-    assert [row.split("|")[1].strip() for row in table[4:]] == ["trdetr", "flashvtg"]
-    assert (out / "flashvtg" / "metrics_nms.json").is_file()
-    # A second call reuses the finished run instead of training again.
-    stamp = (out / "trdetr" / "timing.json").stat().st_mtime_ns
-    assert train.main(args) == 0
-    assert (out / "trdetr" / "timing.json").stat().st_mtime_ns == stamp
-
-
-def test_benchmark_generates_a_qvh_shaped_set_and_times_it_with_the_qvh_loader(tmp_path, monkeypatch):
-    # --benchmark at QVHighlights' real dims, shrunk to 12 + 6 queries: the set is written in the
-    # QVH layout, read by the real QVH loader (2304 + 512 + tef = 2818, text 512), and the table
-    # says what it ran on.
-    monkeypatch.setattr(data, "QVH_SIZED", {**data.QVH_SIZED, "n_train": 12, "n_val": 6})
-    root, out = tmp_path / "qvh_sized", tmp_path / "bench"
-    assert train.main(["--benchmark", "--models", "trdetr", "--feat-root", str(root),
-                       "--results-dir", str(out), "--batch-size", "4", "--no-progress",
-                       *SMALL_MODEL]) == 0
-    marker = json.loads((root / data.SYNTHETIC_MARKER).read_text())
-    assert marker["dims"] == {"slowfast": 2304, "clip": 512, "text": 512}
-    assert (marker["n_train"], marker["n_val"]) == (12, 6)
-    spec = data.dataset_spec("qvh", root)
-    val = data.load_dataset(spec, root, "val", progress=False)
-    assert len(val) == 6 and (val.video_dim, val.text_dim) == (2818, 512)
-    config = json.loads((out / "trdetr" / "config.json").read_text())
-    assert config["data"] == "qvh" and config["config"]["epochs"] == 1
-    timing = json.loads((out / "trdetr" / "timing.json").read_text())
-    assert timing["epochs_timed"] == 1 and timing["peak_memory_mib"] > 0
-    table = (out / "comparison.md").read_text().splitlines()
-    assert table[0].startswith(f"Data: QVHighlights-sized synthetic set in {root} (12 train / 6 val")
-    assert table[4].split("|")[1].strip() == "trdetr"
-    with pytest.raises(SystemExit, match="takes no --data"):
-        train.main(["--benchmark", "--data", "tvsum"])
-
-
-@pytest.mark.parametrize("module", [trdetr, videolights], ids=["trdetr", "videolights"])
-def test_mr2hd_moment_extraction_follows_python_slicing_without_a_loop(module):
-    # MR2HD slices clip_feats[b, start:end + 1] with Python's rules (the official code does):
-    # negative bounds wrap, bounds past the end clip, stop <= start is empty. The batched gather
-    # must give exactly what the per-sample slices give, on every awkward case.
-    gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(64, 75, 8, generator=gen)
-    starts = torch.randint(-90, 110, (64,), generator=gen).float()
-    stops = torch.randint(-90, 110, (64,), generator=gen).float()
-    starts[:5] = torch.tensor([-37., 74., 50., -1., 0.])
-    stops[:5] = torch.tensor([60., 113., 21., 0., 75.])
-    expected = torch.stack([torch.nn.functional.pad(
-        feats[b, int(starts[b]):int(stops[b])], (0, 0, 0, 75 - len(feats[b, int(starts[b]):int(stops[b])])))
-        for b in range(64)])
-    got = module.slice_left_aligned(feats, starts, stops)
-    assert torch.equal(got, expected)
-    assert got[2].abs().sum() == 0 and got[3].abs().sum() == 0       # stop <= start: empty
-    assert torch.equal(got[4], feats[4])                               # the whole video
-    assert torch.equal(got[0, :22], feats[0, 38:60]) and got[0, 22:].abs().sum() == 0  # -37 = 38
-    assert torch.equal(got[1, :1], feats[1, 74:]) and got[1, 1:].abs().sum() == 0      # clipped
-
-
-# ==================================================================================================
-# taskweave.py: TaskWeave (task-decoupled unit, both feedback manners, uncertainty-weighted joint loss)
-# ==================================================================================================
-
-@pytest.fixture
-def taskweave_one_thread():
-    """Thousands of tiny ops: on a busy 2-core machine one intra-op thread is much faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-# A small TaskWeave for the behaviour tests (the full model is only built for the parameter count).
-TW_SMALL = dict(hidden_dim=32, nheads=4, dim_feedforward=64)
-
-
-def _tw_config(dataset="qvh", **changes):
-    return dataclasses.replace(taskweave.default_config(dataset), **{**TW_SMALL, **changes})
-
-
-def test_taskweave_parameter_count_matches_official():
-    model = taskweave.TaskWeave(taskweave.default_config("qvh"), 2818, 512)
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"TaskWeave trainable parameters (QVH, 2818/512): {n:,}")
-    assert n == 7_784_488                                  # official builder, best_model_mr/opt.json
-    count = lambda m: sum(p.numel() for p in m.parameters())
-    assert count(model.t2v_encoder) == count(model.shared_expert) == 1_579_522
-    assert count(model.decoder) == 3_160_837
-    assert count(model.mr_expert) == 1_280 + 512 + 65_792  # depthwise, channel LayerNorm, 1x1
-    assert count(model.txt_position_embed) == 8_704         # the unused table
-    # TVSum (I3D rgb + flow + tef, CLIP title): 6,925,348 + 258 * (2050 + 512)
-    tvsum = taskweave.TaskWeave(taskweave.default_config("tvsum"), 2050, 512)
-    assert sum(p.numel() for p in tvsum.parameters()) == 7_586_344
-
-
-def test_taskweave_summary_prints_the_official_parameter_count(capsys, monkeypatch):
-    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
-    assert train.main(["--model", "taskweave", "--data", "qvh", "--summary"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable parameters: 7784488"
-
-
-def test_taskweave_default_configs():
-    qvh = taskweave.default_config("qvh")
-    assert (qvh.lr, qvh.weight_decay, qvh.batch_size, qvh.epochs, qvh.grad_clip, qvh.lr_drop,
-            qvh.seed, qvh.eval_every, qvh.ema_decay) == (1e-4, 1e-4, 32, 200, 0.1, 400, 1004, 5, 0.9)
-    assert (qvh.feedback, qvh.feedback_start, qvh.loss_fusion, qvh.best_metric) == (
-        "mr2hd", 100, "uncertainty", "MR-full-mAP")
-    assert (qvh.set_cost_class, qvh.set_cost_span, qvh.set_cost_giou, qvh.eos_coef) == (4, 10, 1, 0.1)
-    tv = taskweave.default_config("tvsum")
-    assert (tv.lr, tv.batch_size, tv.epochs, tv.lr_drop, tv.use_matcher, tv.best_metric,
-            tv.feedback) == (1e-3, 4, 2000, 2000, False, "mAP", "hd2mr")
-    ch = taskweave.default_config("charades")
-    assert (ch.epochs, ch.batch_size, ch.best_metric) == (100, 32, "MR-full-R1@0.7")
-    syn = taskweave.default_config("synthetic")
-    assert syn.epochs < qvh.epochs and syn.feedback_start == syn.epochs // 2
-    with pytest.raises(ValueError, match="unknown dataset"):
-        taskweave.default_config("coco")
-    with pytest.raises(ValueError, match="feedback"):
-        taskweave.TaskWeave(_tw_config(feedback="both"), 34, 16)
-
-
-@pytest.mark.parametrize("manner", ["mr2hd", "hd2mr"])
-def test_taskweave_forward_shapes_and_feedback_switch(taskweave_one_thread, manner):
-    """Both manners, before the feedback start, after it, and in standalone inference (epoch None).
-    mr2hd only re-weights the HD head's input: the moments stay, the saliency changes. hd2mr reruns
-    the MR side on the boosted video: the moments change, the returned saliency (pass 1) stays."""
-    torch.manual_seed(0)
-    cfg = _tw_config(feedback=manner, feedback_start=3)
-    model, criterion = taskweave.build(cfg, 34, 16)
-    model.eval()
-    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    with torch.no_grad():
-        before = _model_forward(model, batch, epoch=2)                 # epoch 3 (1-based): no feedback
-        after = _model_forward(model, batch, epoch=3)                  # epoch 4: epoch + 1 > 3
-        standalone = _model_forward(model, batch, epoch=None)
-    assert (before["feedback"], after["feedback"], standalone["feedback"]) == (False, True, True)
-    for out in (before, after):
-        assert out["pred_logits"].shape == (3, 10, 2) and out["pred_spans"].shape == (3, 10, 2)
-        assert out["saliency"].shape == (3, 20) and out["saliency_neg"].shape == (3, 20)
-        assert len(out["aux_outputs"]) == cfg.dec_layers - 1
-        assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
-        assert out["gamma_mr"].shape == out["gamma_hd"].shape == (1,)
-    for key in ("pred_logits", "pred_spans", "saliency", "saliency_neg"):
-        assert torch.equal(after[key], standalone[key]), key
-    assert torch.equal(after["saliency_neg"], before["saliency_neg"])   # never any feedback
-    moments_same = torch.equal(after["pred_spans"], before["pred_spans"])
-    saliency_same = torch.equal(after["saliency"], before["saliency"])
-    assert (moments_same, saliency_same) == ((True, False) if manner == "mr2hd" else (False, True))
-
-    windows, saliency = taskweave.predict(after, batch["video_mask"])
-    assert windows.shape == (3, 10, 3) and saliency.shape == (3, 20)
-    assert (windows[..., 2][:, :-1] >= windows[..., 2][:, 1:]).all()       # descending score
-    total, terms = criterion(after, batch)
-    assert set(terms) == {"loss_span", "loss_giou", "loss_label", "loss_span_0", "loss_giou_0",
-                          "loss_label_0", "loss_saliency", "loss_mr", "weight_mr", "weight_hd",
-                          "gamma_mr", "gamma_hd", "loss_overall"}
-    assert math.isclose(terms["loss_overall"], terms["weight_mr"] * terms["loss_mr"]
-                        + terms["weight_hd"] * terms["loss_saliency"] + terms["gamma_mr"]
-                        + terms["gamma_hd"], rel_tol=1e-5)
-    with pytest.raises(ValueError, match="video_feats"):
-        model(batch["video_feats"][..., :5], batch["video_mask"], batch["query_feats"],
-              batch["query_mask"])
-
-
-def test_taskweave_backward_finite_grads_incl_uncertainties(taskweave_one_thread):
-    torch.manual_seed(0)
-    model, criterion = taskweave.build(_tw_config(), 34, 16)
-    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    total, _ = criterion(_model_forward(model, batch, epoch=150), batch)     # mr2hd feedback on
-    total.backward()
-    # Official bug A: the MR expert's masked conv is 0 at every real clip, so the depthwise weights
-    # and the LayerNorm weight get exactly zero gradient.
-    dead = {"mr_expert.depthwise.weight", "mr_expert.norm_weight"}
-    # DAB-DETR's first decoder layer starts from tgt = 0: its self-attention content projections
-    # see only zeros, so their weights (not their biases) get no gradient either, as officially.
-    dead |= {f"decoder.layers.0.{n}.weight" for n in ("sa_qcontent_proj", "sa_kcontent_proj", "sa_v_proj")}
-    zero = set()
-    for name, p in model.named_parameters():
-        if name.startswith("txt_position_embed."):       # kept for parity, never used
-            assert p.grad is None, name
-            continue
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-        if p.grad.abs().sum() == 0:
-            zero.add(name)
-    assert zero == dead
-    assert model.gamma_mr.grad.abs().item() > 0 and model.gamma_hd.grad.abs().item() > 0
-    # With the intended mask (mask_bug False) the MR expert's CNN trains.
-    fixed, criterion = taskweave.build(_tw_config(mr_expert_mask_bug=False), 34, 16)
-    criterion(_model_forward(fixed, batch, epoch=150), batch)[0].backward()
-    assert fixed.mr_expert.depthwise.weight.grad.abs().sum() > 0
-    assert fixed.mr_expert.norm_weight.grad.abs().sum() > 0
-
-
-def test_taskweave_mr_expert_bug_makes_a_constant(taskweave_one_thread):
-    """As run (bug A), the MR-specific expert returns one learned vector at every real clip of every
-    video; with the intended valid-clip mask it is a real temporal CNN."""
-    torch.manual_seed(0)
-    buggy = taskweave.MRSpecificExpert(8, mask_bug=True)
-    fixed = taskweave.MRSpecificExpert(8, mask_bug=False)
-    fixed.load_state_dict(buggy.state_dict())
-    x = torch.randn(2, 6, 8)
-    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
-    with torch.no_grad():
-        out = buggy(x, mask)                                                   # (2, 6, 8)
-        constant = buggy.pointwise(buggy.norm_bias).squeeze(-1)[0]             # W beta + b, (8,)
-        assert torch.allclose(out[mask], constant.expand(10, -1), atol=1e-6)
-        assert not torch.allclose(fixed(x, mask)[mask], constant.expand(10, -1), atol=1e-3)
-
-
-def test_taskweave_joint_loss_by_hand():
-    """One query that sits exactly on its target (L1 = GIoU loss = 0, CE = ln 2 at logits [0, 0]),
-    two clips with saliency [1, 0] and label [4, 0], a negative pass of zeros."""
-    cfg = taskweave.default_config("qvh")
-    gamma_mr = torch.nn.Parameter(torch.tensor([0.5]))
-    gamma_hd = torch.nn.Parameter(torch.tensor([-0.25]))
-    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_spans": torch.tensor([[[0.5, 0.5]]]),
-               "aux_outputs": [], "saliency": torch.tensor([[1.0, 0.0]]),
-               "saliency_neg": torch.zeros(1, 2), "video_mask": torch.ones(1, 2, dtype=torch.bool),
-               "gamma_mr": gamma_mr, "gamma_hd": gamma_hd}
-    batch = {"span_targets": [torch.tensor([[0.5, 0.5]])], "saliency_pos": torch.tensor([[0]]),
-             "saliency_neg": torch.tensor([[1]]), "saliency_all": torch.tensor([[4.0, 0.0]])}
-    loss_mr = math.log(2)                                  # CE of the matched (foreground) query
-    hinge = max(0.0, 0.2 + 0.0 - 1.0)                      # = 0
-    # rank-contrastive: levels 1..4 have clip 0 as the only positive among [1, 0 | 0, 0] / 0.5
-    rank = 4 * (math.log(math.exp(2) + 3 + 1e-6) - 2) / 12
-    neg_pair = 2 * math.log(2)                             # -log(1 - sigmoid(0)) on both clips
-    loss_hd = hinge + rank + neg_pair
-    expected = math.exp(-0.5) * loss_mr + 2 * math.exp(0.25) * loss_hd + 0.5 - 0.25
-    total, terms = taskweave.TaskWeaveLoss(cfg)(outputs, batch)
-    assert total.dim() == 0
-    assert math.isclose(total.item(), expected, rel_tol=1e-6)
-    assert math.isclose(terms["loss_label"], loss_mr, rel_tol=1e-6)
-    assert terms["loss_span"] == 0 and abs(terms["loss_giou"]) < 1e-7
-    assert math.isclose(terms["loss_saliency"], loss_hd, rel_tol=1e-6)
-    total.backward()
-    # dL/dgamma = 1 - (weighted loss): the optimum is exp(gamma_mr) = L_mr, exp(gamma_hd) = 2 L_hd.
-    assert math.isclose(gamma_mr.grad.item(), 1 - math.exp(-0.5) * loss_mr, rel_tol=1e-5)
-    assert math.isclose(gamma_hd.grad.item(), 1 - 2 * math.exp(0.25) * loss_hd, rel_tol=1e-5)
-
-    # TVSum (no matcher): no MR half, not even its gamma term (official bug D).
-    gamma_mr.grad = gamma_hd.grad = None
-    tv_total, tv_terms = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, use_matcher=False))(outputs, batch)
-    assert math.isclose(tv_total.item(), 2 * math.exp(0.25) * loss_hd - 0.25, rel_tol=1e-6)
-    assert "loss_mr" not in tv_terms and "loss_span" not in tv_terms
-    tv_total.backward()
-    assert gamma_mr.grad is None and gamma_hd.grad is not None
-
-    # QD-DETR's weighted sum (Table 6's "weighted sum" row): 4 CE + 1 L_hd here.
-    w_total, _ = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, loss_fusion="weighted"))(outputs, batch)
-    assert math.isclose(w_total.item(), 4 * loss_mr + loss_hd, rel_tol=1e-6)
-
-
-def test_taskweave_moment_to_mask_by_hand_and_official_axis():
-    model = taskweave.TaskWeave(_tw_config(), 34, 16)
-    # 3 clips = 6 half-clip bins. Query 1 (0, 0.5) -> bins 0..3; query 2 (0.5, 1.0) -> bins 3..5
-    # (6 is clamped to 5). Per bin [1, 1, 1, 2, 1, 1] -> per clip [1, 1.5, 1] -> / its L2 norm.
-    spans = common.span_xx_to_cxw(torch.tensor([[[0.0, 0.5], [0.5, 1.0]]]))
-    mask = torch.ones(1, 3, dtype=torch.bool)
-    expected = torch.tensor([[1.0, 1.5, 1.0]]) / math.sqrt(4.25)
-    assert torch.allclose(model.moment_to_mask(spans, mask), expected)
-    # mr2hd_axis="valid": the spans are laid over each video's own 2 valid clips (4 bins):
-    # query 1 -> bins 0..2, query 2 -> bins 2..3: per bin [1, 1, 2, 1] -> per clip [1, 1.5, 0].
-    valid = taskweave.TaskWeave(_tw_config(mr2hd_axis="valid"), 34, 16)
-    short = torch.tensor([[True, True, False]])
-    assert torch.allclose(valid.moment_to_mask(spans, short),
-                          torch.tensor([[1.0, 1.5, 0.0]]) / math.sqrt(3.25))
-
-    # At 75 padded clips the "padded" axis is the official one: spans x 150 s, integer seconds,
-    # every second from start to end for all queries, pairs of seconds averaged into 2-s clips.
-    gen = torch.Generator().manual_seed(0)
-    spans = torch.rand(3, 10, 2, generator=gen) * torch.tensor([1.0, 0.6])
-    xx = torch.clamp(common.span_cxw_to_xx(spans) * 150, min=0, max=149).int()
-    seconds = torch.arange(150)
-    covered = ((xx[..., :1] <= seconds) & (xx[..., 1:] >= seconds)).float().sum(1)   # (3, 150)
-    clips = covered.view(3, 75, 2).mean(-1)
-    reference = clips / clips.norm(dim=1, keepdim=True)
-    assert torch.equal(model.moment_to_mask(spans, torch.ones(3, 75, dtype=torch.bool)), reference)
-
-
-def test_taskweave_hd2mr_doubles_above_mean_clips_of_the_projected_video(taskweave_one_thread):
-    """hd2mr as run: pass 1 on V0, V0 * (1 + [s > mean over all Lv clips]) into pass 2, and the
-    negative pass on the unmodified V0 with the queries rolled by one."""
-    torch.manual_seed(0)
-    model = taskweave.TaskWeave(_tw_config(feedback="hd2mr"), 34, 16).eval()
-    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
-    seen = []
-    model.t2v_encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs))
-    with torch.no_grad():
-        out = _model_forward(model, batch, epoch=None)
-    first, second, negative = seen                      # pass 1, pass 2, negative pass
-    v0, saliency = first[0], out["saliency"]
-    above = (saliency > saliency.mean(1, keepdim=True)).float()                   # (B, Lv)
-    assert 0 < above.sum() < above.numel()
-    assert torch.equal(second[0], v0 + v0 * above[..., None])
-    assert torch.equal(negative[0], v0)
-    assert torch.equal(negative[2], first[2].roll(-1, dims=0))                     # word_feats
-    assert torch.equal(negative[3], first[3].roll(-1, dims=0))                     # word padding
-
-
-def test_taskweave_overfit_one_tiny_batch(taskweave_one_thread):
-    torch.manual_seed(0)
-    cfg = _tw_config(hidden_dim=64, dim_feedforward=128, enc_layers=1, shared_layers=1,
-                     num_queries=5, dropout=0.0, input_dropout=0.0)
-    model, criterion = taskweave.build(cfg, 34, 16)
-    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    first = None
-    for step in range(120):
-        total, terms = criterion(_model_forward(model, batch, epoch=None), batch)   # feedback on
-        first = dict(terms) if first is None else first
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        out = _model_forward(model, batch, epoch=None)
-        _, terms = criterion(out, batch)
-        windows, _ = taskweave.predict(out, batch["video_mask"])
-    ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
-            for b, t in enumerate(batch["span_targets"])]
-    print(f"overfit: L_mr {first['loss_mr']:.3f} -> {terms['loss_mr']:.3f}, L_hd "
-          f"{first['loss_saliency']:.3f} -> {terms['loss_saliency']:.3f}, gammas "
-          f"{terms['gamma_mr']:.3f} {terms['gamma_hd']:.3f}, top-1 IoU {ious}")
-    assert terms["loss_mr"] < 0.3 * first["loss_mr"]
-    assert terms["loss_saliency"] < 0.5 * first["loss_saliency"]
-    assert terms["loss_overall"] < first["loss_overall"] - 1
-    assert min(ious) > 0.8
-    # gamma_mr heads for its optimum ln L_mr, which is negative once L_mr < 1.
-    assert terms["gamma_mr"] < 0
-
-
-def test_taskweave_train_end_to_end_on_synthetic(tmp_path, monkeypatch, taskweave_one_thread):
-    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
-    root = tmp_path / "syn"
-    data.make_synthetic(root, seed=3, n_train=24, n_val=8)
-    results = tmp_path / "run"
-    # feedback_start=1: epoch 1 trains without feedback, epoch 2 (0-based index 1) with it.
-    assert train.main(["--model", "taskweave", "--data", "synthetic", "--feat-root", str(root),
-                       "--results-dir", str(results), "--no-progress", "--batch-size", "8",
-                       "--eval-every", "1", "--epochs", "2", "--set", "hidden_dim=32",
-                       "--set", "dim_feedforward=64", "--set", "nheads=4",
-                       "--set", "feedback_start=1"]) == 0
-    for name in ["config.json", "log.txt", "last.ckpt", "best.ckpt", "val_preds.jsonl", "metrics.json"]:
-        assert (results / name).is_file(), name
-    config = json.loads((results / "config.json").read_text())["config"]
-    assert (config["feedback"], config["ema_decay"], config["epochs"]) == ("mr2hd", 0.9, 2)
-    saved = json.loads((results / "metrics.json").read_text())
-    assert saved["best_metric"] == "MR-full-mAP"
-    assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP",
-            "HL-min-VeryGood-Hit1"} <= set(saved["brief"])
-    rows = metrics.read_jsonl(results / "val_preds.jsonl")
-    assert len(rows) == 8 and len(rows[0]["pred_relevant_windows"]) == 10
-    gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
-    assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
-    log = (results / "log.txt").read_text()
-    assert "gamma_mr" in log and "gamma_hd" in log
-    # The gammas are model parameters: they are in the checkpoint, the EMA one included.
-    ckpt = torch.load(results / "last.ckpt", weights_only=False)
-    assert "gamma_mr" in ckpt["model"] and "gamma_hd" in ckpt["ema"]
-    assert not torch.equal(ckpt["model"]["gamma_hd"], ckpt["ema"]["gamma_hd"])
-
-
-# ==================================================================================================
-# data.py: both feature releases (Moment-DETR / lighthouse layouts), any number of streams, the pretraining corpus
-# ==================================================================================================
 
 # The folder names of each layout (data.py module docstring), written here by hand on purpose.
 _D2_DIRS = {
@@ -2765,55 +1345,806 @@ def test_pretrain_reads_the_official_caption_folders(tmp_path):
     assert len((tmp_path / "cli" / "pre_train_synthetic.jsonl").read_text().splitlines()) == 15
 
 
-def test_summary_counts_the_extra_feature_streams(capsys):
-    assert train.main(["--model", "trdetr", "--data", "qvh", "--summary",
-                       "--video-feats", "slowfast,clip,blip", "--text-feats", "clip,blip"]) == 0
-    assert "input dims: video 3586, text 1280" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="error: "):
-        train.main(["--model", "trdetr", "--data", "qvh", "--summary", "--video-feats", "vgg"])
+# ==================================================================================================
+# common.py: span utilities, matcher, losses; and what a model file needs besides it
+# ==================================================================================================
+
+def test_span_conversions():
+    cxw = torch.tensor([[0.5, 1.0], [0.3, 0.2]])
+    xx = common.span_cxw_to_xx(cxw)
+    assert torch.allclose(xx, torch.tensor([[0.0, 1.0], [0.2, 0.4]]))
+    assert torch.allclose(common.span_xx_to_cxw(xx), cxw)
+    batched = torch.rand(2, 3, 2)                      # works on any leading shape
+    assert torch.allclose(common.span_xx_to_cxw(common.span_cxw_to_xx(batched)), batched, atol=1e-6)
 
 
-def test_pretrain_on_the_synthetic_corpus_then_finetune_from_it(tmp_path):
+def test_temporal_iou_and_giou_by_hand():
+    a = torch.tensor([[1.0, 3.0]])
+    b = torch.tensor([[2.0, 5.0], [4.0, 6.0], [1.0, 3.0]])
+    iou, union = common.temporal_iou(a, b)
+    # [1,3] vs [2,5]: inter 1, union 4; vs [4,6]: disjoint, union 2+2=4; vs itself: 1.
+    assert torch.allclose(iou, torch.tensor([[0.25, 0.0, 1.0]]))
+    assert torch.allclose(union, torch.tensor([[4.0, 4.0, 2.0]]))
+    giou = common.generalized_temporal_iou(a, b)
+    # hulls: [1,5] = 4, [1,6] = 5, [1,3] = 2 -> giou = iou - (hull - union) / hull
+    assert torch.allclose(giou, torch.tensor([[0.25, 0.0 - 1.0 / 5.0, 1.0]]))
+    with pytest.raises(ValueError, match="end >= start"):
+        common.generalized_temporal_iou(torch.tensor([[3.0, 1.0]]), b)
+
+
+def test_matcher_by_hand():
+    matcher = common.HungarianMatcher(cost_class=4, cost_span=10, cost_giou=1)
+    targets = [torch.tensor([[0.2, 0.2], [0.7, 0.2]])]
+    spans = torch.tensor([[[0.7, 0.2], [0.45, 0.1], [0.2, 0.2]]])     # q0 = t1, q2 = t0, q1 far
+    logits = torch.zeros(1, 3, 2)
+    (q, t), = matcher(logits, spans, targets)
+    assert q.tolist() == [0, 2] and t.tolist() == [1, 0]
+    # Two queries on the same spot: the class cost decides (channel 0 = foreground).
+    spans = torch.tensor([[[0.5, 0.2], [0.5, 0.2], [0.9, 0.1]]])
+    logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [5.0, 0.0]]])   # q1 more foreground than q0
+    (q, t), = matcher(logits, spans, [torch.tensor([[0.5, 0.2]])])
+    assert q.tolist() == [1] and t.tolist() == [0]
+    # A sample without targets gets empty indices.
+    out = matcher(torch.zeros(2, 3, 2), torch.rand(2, 3, 2) * 0.5 + 0.1,
+                  [torch.zeros(0, 2), torch.tensor([[0.5, 0.2]])])
+    assert len(out[0][0]) == 0 and len(out[1][0]) == 1
+
+
+def _pair_cost(logit, span, target, cc=4.0, cs=10.0, cg=1.0):
+    """One entry of the matching cost, computed on its own (no batching)."""
+    prob_fg = logit.softmax(-1)[0]
+    l1 = (span - target).abs().sum()
+    giou = common.generalized_temporal_iou(common.span_cxw_to_xx(span[None]),
+                                           common.span_cxw_to_xx(target[None]))[0, 0]
+    return float(cs * l1 - cg * giou - cc * prob_fg)
+
+
+def test_matcher_batched_equals_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    matcher = common.HungarianMatcher(cost_class=4, cost_span=10, cost_giou=1)
+    for trial in range(5):
+        B, Nq = 3, 5
+        logits = torch.randn(B, Nq, 2, generator=gen)
+        spans = torch.rand(B, Nq, 2, generator=gen) * 0.5 + 0.1
+        targets = [torch.rand(int(n), 2, generator=gen) * 0.4 + 0.1
+                   for n in torch.randint(0, 5, (B,), generator=gen)]
+        result = matcher(logits, spans, targets)
+        for b in range(B):
+            n = len(targets[b])
+            cost = [[_pair_cost(logits[b, i], spans[b, i], targets[b][j]) for j in range(n)]
+                    for i in range(Nq)]
+            best, best_assign = math.inf, None
+            for perm in itertools.permutations(range(Nq), n):   # query perm[j] gets target j
+                total = sum(cost[perm[j]][j] for j in range(n))
+                if total < best:
+                    best, best_assign = total, perm
+            q, t = result[b]
+            assert len(q) == n
+            got = {int(tj): int(qi) for qi, tj in zip(q, t)}
+            assert got == {j: best_assign[j] for j in range(n)}
+            assert math.isclose(sum(cost[int(qi)][int(tj)] for qi, tj in zip(q, t)), best,
+                                rel_tol=1e-5, abs_tol=1e-5)
+
+
+def test_span_losses_by_hand():
+    pred = torch.tensor([[[0.5, 0.2], [0.1, 0.1]]])
+    target = [torch.tensor([[0.6, 0.2]])]
+    l1, giou = common.span_losses(pred, target, [(torch.tensor([0]), torch.tensor([0]))])
+    assert math.isclose(float(l1), (0.1 + 0.0) / 2, rel_tol=1e-5)
+    # xx: [0.4, 0.6] vs [0.5, 0.7]: inter 0.1, union 0.3 = hull -> giou = 1/3
+    assert math.isclose(float(giou), 1 - 1 / 3, rel_tol=1e-5)
+    l1, giou = common.span_losses(pred, [torch.zeros(0, 2)], [(torch.tensor([], dtype=torch.long),
+                                                               torch.tensor([], dtype=torch.long))])
+    assert float(l1) == 0.0 and float(giou) == 0.0
+
+
+def test_focal_label_loss_by_hand():
+    def focal(x, y, alpha=0.25, gamma=2.0):     # scalar formula, written out
+        p = 1 / (1 + math.exp(-x))
+        ce = -(y * math.log(p) + (1 - y) * math.log(1 - p))
+        p_t = p if y == 1 else 1 - p
+        a_t = alpha if y == 1 else 1 - alpha
+        return a_t * (1 - p_t) ** gamma * ce
+    assert math.isclose(float(common.sigmoid_focal_loss(torch.tensor(0.0), torch.tensor(1.0))),
+                        0.25 * 0.25 * math.log(2), rel_tol=1e-6)
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])                  # (B=1, Nq=2, 2)
+    indices = [(torch.tensor([0]), torch.tensor([0]))]                  # q0 matched -> foreground
+    # q0 target one-hot (1, 0); q1 (unmatched, background) target (0, 1); mean over B*2*Nq = 4.
+    expected = (focal(2.0, 1) + focal(-1.0, 0) + focal(0.5, 0) + focal(0.3, 1)) / 4
+    assert math.isclose(float(common.label_focal_loss(logits, indices)), expected, rel_tol=1e-5)
+
+
+def test_label_cross_entropy_by_hand():
+    # QD-DETR's 2-class CE: q0 matched (target class 0, weight 1), q1..q3 background (class 1,
+    # weight eos_coef 0.1); plain mean over the 4 queries. Zero logits cost log 2 each.
+    logits = torch.zeros(1, 4, 2)
+    indices = [(torch.tensor([0]), torch.tensor([0]))]
+    expected = (1.0 + 3 * 0.1) * math.log(2) / 4
+    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-6)
+    logits = torch.tensor([[[2.0, -1.0], [0.5, 0.3]]])
+    p_fg = math.exp(2.0) / (math.exp(2.0) + math.exp(-1.0))            # q0: foreground prob
+    p_bg = math.exp(0.3) / (math.exp(0.5) + math.exp(0.3))             # q1: background prob
+    expected = (-math.log(p_fg) - 0.1 * math.log(p_bg)) / 2
+    assert math.isclose(float(common.label_cross_entropy(logits, indices)), expected, rel_tol=1e-5)
+
+
+def test_saliency_margin_by_hand():
+    s = torch.tensor([[1.0, 0.5, 0.9]])
+    loss = common.saliency_margin_loss(s, torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), margin=0.2)
+    # pair 1: 0.2 + 1.0 - 0.5 = 0.7; pair 2: 0.2 + 0.5 - 0.9 < 0 -> 0;  sum / (B*P) * 2 = 0.7
+    assert math.isclose(float(loss), 0.7, rel_tol=1e-6)
+
+
+def _rank_contrastive_reference(s, labels, n_valid, tau=0.5, s_neg=None):
+    """Independent recomputation: per sample and level, log-softmax over that sample's valid clips
+    (plus its valid negative-pass clips), averaged over the positives."""
+    B = s.shape[0]
+    total = 0.0
+    for level in range(1, 12):
+        if not any((labels[b, :n_valid[b]] >= level).any() for b in range(B)):
+            continue
+        per_sample = []
+        for b in range(B):
+            scores = s[b, :n_valid[b]]
+            if s_neg is not None:
+                scores = torch.cat([scores, s_neg[b, :n_valid[b]]])
+            log_prob = torch.log_softmax(scores / tau, dim=0)[:n_valid[b]]
+            positive = labels[b, :n_valid[b]] >= level
+            per_sample.append(-log_prob[positive].mean().item() if positive.any() else 0.0)
+        total += sum(per_sample) / B
+    return total / 12
+
+
+def test_rank_contrastive_recomputed():
+    gen = torch.Generator().manual_seed(1)
+    B, L = 3, 7
+    n_valid = [7, 5, 4]
+    s = torch.randn(B, L, generator=gen)
+    labels = torch.zeros(B, L)
+    labels[0, :3] = torch.tensor([12.0, 4.0, 7.0])
+    labels[1, 2:4] = torch.tensor([2.0, 9.0])          # sample 2 has no positive at all
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for b, n in enumerate(n_valid):
+        mask[b, :n] = True
+    got = common.saliency_rank_contrastive_loss(s, labels, mask, tau=0.5)
+    assert math.isclose(float(got), _rank_contrastive_reference(s, labels, n_valid), rel_tol=1e-4)
+    s_neg = torch.randn(B, L, generator=gen)
+    got = common.saliency_rank_contrastive_loss(s, labels, mask, tau=0.5, saliency_neg=s_neg)
+    ref = _rank_contrastive_reference(s, labels, n_valid, s_neg=s_neg)
+    assert math.isclose(float(got), ref, rel_tol=1e-4)
+    assert float(common.saliency_rank_contrastive_loss(s, torch.zeros(B, L), mask)) == 0.0
+
+
+def test_neg_pair_loss_matches_literal_formula():
+    s_neg = torch.tensor([[0.3, -1.0, 2.0], [4.0, 0.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    literal = (-torch.log(1 - torch.sigmoid(s_neg)) * mask).sum(1).mean()
+    assert torch.allclose(common.neg_pair_loss(s_neg, mask), literal, rtol=1e-5)
+    assert torch.isfinite(common.neg_pair_loss(torch.tensor([[40.0]]), torch.ones(1, 1)))
+
+
+def test_postprocess_windows_rounding():
+    windows = torch.tensor([[2.9, 5.0, 0.123456], [-1.0, 151.3, 0.5], [3.0, 7.0, 0.25],
+                            [1.00003, 4.2, 0.1]])
+    out = common.postprocess_windows(windows, 150, 2)
+    # 2.9/2 = 1.45 -> 1 -> 2; 5/2 = 2.5 -> 2 (half to even) -> 4; clamp -1 -> 0, 151.3 -> 150;
+    # 3/2 = 1.5 -> 2 -> 4; 7/2 = 3.5 -> 4 -> 8; 1.00003 is first written as 1.0 -> 0.5 -> 0.
+    assert out[:, :2].tolist() == [[2.0, 4.0], [0.0, 150.0], [4.0, 8.0], [0.0, 4.0]]
+    assert out[0, 2].item() == pytest.approx(0.1235)
+    assert common.postprocess_windows(windows[:, :2], 150, 1)[1].tolist() == [0.0, 150.0]
+    with pytest.raises(ValueError, match="postprocess_windows"):
+        common.postprocess_windows(torch.zeros(3), 150, 2)
+
+
+_STANDALONE = """
+import importlib, json, sys, torch
+batch = torch.load("batch.pt", weights_only=False)
+inputs = (batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+out = {}
+for name, cfg in json.loads(sys.argv[1]).items():
+    m = importlib.import_module(name)
+    # nothing else of the repository is imported: only this model file and common.py
+    assert {"data", "train", "metrics"}.isdisjoint(sys.modules), name
+    assert {"trdetr", "taskweave", "videolights", "flashvtg"} & set(sys.modules) <= set(out) | {name}
+    cfg = m.Config(**cfg)
+    torch.manual_seed(0)
+    model, criterion = m.build(cfg, inputs[0].shape[-1], inputs[2].shape[-1])
+    loss, terms = criterion(model(*inputs, epoch=0), batch, epoch=0)
+    loss.backward()
+    torch.optim.AdamW(model.parameters(), lr=1e-4).step()
+    model.eval()
+    with torch.no_grad():
+        windows, saliency = m.predict(model(*inputs, epoch=0), batch["video_mask"])
+    rows = [w.tolist() for w in windows]
+    if hasattr(m, "nms"):                    # FlashVTG's NMS is part of its inference
+        rows = [m.nms(sorted(r, key=lambda w: -w[2]), cfg) for r in rows]
+    out[name] = {"loss": loss.item(), "rows": rows, "saliency": saliency}
+torch.save(out, "out.pt")
+"""
+
+
+def test_each_model_file_with_common_alone_trains_a_step_and_predicts(tmp_path):
+    # A reader copies one model file and common.py into their own project: that pair alone trains
+    # and gives the paper's inference (FlashVTG with its NMS), with the numbers it has here.
+    modules = (trdetr, taskweave, videolights, flashvtg)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    for file in [f"{m.__name__}.py" for m in modules] + ["common.py"]:
+        shutil.copy(REPO / file, folder / file)
     root = _tiny_synthetic(tmp_path / "syn")
-    pre = tmp_path / "pre"
-    assert train.main(_train_args(root, pre, "--epochs", "1", "--pretrain", "synthetic")) == 0
-    config = json.loads((pre / "config.json").read_text())
-    corpus = config["pretrain"]
-    assert corpus.endswith(data.SYNTHETIC_PRETRAIN_FILE)
-    n_lines = len(metrics.read_jsonl(corpus))
-    log = (pre / "log.txt").read_text()
-    assert "eval epoch 1" in log                       # evaluated on the synthetic val split
-    assert len(metrics.read_jsonl(pre / "val_preds.jsonl")) == 8
-    # The resumable state remembers its corpus: resuming needs no --pretrain.
-    assert torch.load(pre / "last.ckpt", weights_only=False)["pretrain"] == corpus
-    assert n_lines > 24                                # trained on the corpus, not the 24 train queries
-    fine = tmp_path / "fine"
-    assert train.main(_train_args(root, fine, "--epochs", "1",
-                                  "--init", str(pre / "best.ckpt"))) == 0
-    assert json.loads((fine / "config.json").read_text())["init"] == str(pre / "best.ckpt")
+    dataset = data.load_dataset(data.dataset_spec("synthetic", None), root, "train", progress=False)
+    batch = data.collate([dataset[i] for i in range(4)])
+    torch.save(batch, folder / "batch.pt")
+    cfgs = {m.__name__: dataclasses.replace(m.default_config("synthetic"), hidden_dim=32,
+                                            dim_feedforward=64, nheads=4) for m in modules}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _STANDALONE, json.dumps(
+        {name: dataclasses.asdict(cfg) for name, cfg in cfgs.items()})], cwd=folder, env=env,
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(folder / "out.pt", weights_only=False)
+    inputs = (batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+    for module in modules:
+        got = out[module.__name__]
+        torch.manual_seed(0)           # the same first step inside the repository: the same loss
+        model, criterion = module.build(cfgs[module.__name__], inputs[0].shape[-1], inputs[2].shape[-1])
+        loss, _ = criterion(model(*inputs, epoch=0), batch, epoch=0)
+        assert got["loss"] == loss.item() and math.isfinite(got["loss"]), module.__name__
+        assert got["saliency"].shape == batch["video_mask"].shape
+        assert len(got["rows"]) == 4 and all(len(r) > 0 and len(r[0]) == 3 for r in got["rows"])
 
 
-def test_train_with_extra_synthetic_blip_streams(tmp_path):
+# ==================================================================================================
+# trdetr.py: TR-DETR
+# ==================================================================================================
+
+@pytest.fixture
+def trdetr_one_thread():
+    """The model tests run thousands of tiny ops. On a busy 2-core machine, two intra-op threads
+    make them about 10x slower than one, so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model_batch(video_dim, text_dim, video_lens, query_lens, seed=0, num_targets=1):
+    """A hand-built batch with the keys of data.collate's batches."""
+    gen = torch.Generator().manual_seed(seed)
+    B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
+    video_mask = torch.arange(Lv)[None] < torch.tensor(video_lens)[:, None]
+    query_mask = torch.arange(Lq)[None] < torch.tensor(query_lens)[:, None]
+    video = torch.randn(B, Lv, video_dim, generator=gen) * video_mask[..., None]
+    query = torch.randn(B, Lq, text_dim, generator=gen) * query_mask[..., None]
+    spans, sal, rel, pos, neg = [], torch.zeros(B, Lv), torch.zeros(B, Lv), [], []
+    for b, n in enumerate(video_lens):
+        st = int(torch.randint(0, n // 2, (1,), generator=gen))
+        ed = st + max(2, n // 3)                                         # clips st .. ed-1
+        spans.append(common.span_xx_to_cxw(torch.tensor([[st / n, ed / n]]))[:num_targets])
+        sal[b, st:ed] = torch.randint(1, 13, (ed - st,), generator=gen).float()
+        rel[b, st:ed] = 1
+        pos.append([st + int(sal[b, st:ed].argmax()), st])
+        neg.append([st + int(sal[b, st:ed].argmin()), ed if ed < n else 0])
+    return {"video_feats": video, "video_mask": video_mask, "query_feats": query,
+            "query_mask": query_mask, "span_targets": spans, "saliency_pos": torch.tensor(pos),
+            "saliency_neg": torch.tensor(neg), "saliency_all": sal, "relevant_mask": rel}
+
+
+def _model_forward(model, batch, epoch=None):
+    return model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"],
+                 epoch=epoch)
+
+
+def test_parameter_count_matches_official():
+    model = trdetr.TRDETR(trdetr.default_config("qvh"), 2818, 512)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"TR-DETR trainable parameters (QVH, 2818/512): {n:,}")
+    assert n == 8_308_773
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model.t2v_encoder) == count(model.encoder) == 1_579_522
+    assert count(model.decoder) == 3_160_837
+    assert count(model.refinement) == count(model.gru) == 394_752
+    assert count(model.txt_position_embed) == 8_704          # the unused table
+
+
+def test_default_configs():
+    qvh = trdetr.default_config("qvh")
+    assert (qvh.lr, qvh.weight_decay, qvh.batch_size, qvh.epochs, qvh.grad_clip, qvh.lr_drop,
+            qvh.seed, qvh.eval_every) == (1e-4, 1e-4, 32, 200, 0.1, 400, 2017, 5)
+    assert (qvh.ctc_loss_coef, qvh.vtc_loss_coef, qvh.best_metric) == (0.5, 0.3, "MR-full-mAP")
+    tv = trdetr.default_config("tvsum")
+    assert (tv.lr, tv.batch_size, tv.epochs, tv.vtc_loss_coef, tv.ctc_loss_coef, tv.use_matcher,
+            tv.best_metric) == (1e-3, 4, 2000, 0.5, 2.0, False, "mAP")
+    assert trdetr.default_config("charades").batch_size == 8
+    assert trdetr.default_config("synthetic").epochs < qvh.epochs
+    with pytest.raises(ValueError, match="unknown dataset"):
+        trdetr.default_config("coco")
+
+
+def test_forward_shapes_with_padding_and_predict(trdetr_one_thread):
+    torch.manual_seed(0)
+    cfg = trdetr.default_config("qvh")
+    model, criterion = trdetr.build(cfg, 34, 16)
+    model.eval()
+    batch = _model_batch(34, 16, video_lens=[12, 20], query_lens=[7, 4])
+    out = _model_forward(model, batch)
+    assert out["pred_logits"].shape == (2, 10, 2) and out["pred_spans"].shape == (2, 10, 2)
+    assert out["saliency"].shape == (2, 20)
+    assert len(out["aux_outputs"]) == cfg.dec_layers - 1
+    assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
+    windows, saliency = trdetr.predict(out, batch["video_mask"])
+    assert windows.shape == (2, 10, 3) and saliency.shape == (2, 20)
+    assert (windows[..., 2][:, :-1] >= windows[..., 2][:, 1:]).all()       # descending score
+    fg = out["pred_logits"].softmax(-1)[..., 0]
+    assert torch.allclose(windows[..., 2].sort(1, descending=True).values,
+                          fg.sort(1, descending=True).values)
+    total, terms = criterion(out, batch)
+    assert set(terms) == {"loss_span", "loss_giou", "loss_label", "loss_span_0", "loss_giou_0",
+                          "loss_label_0", "loss_saliency", "loss_ctc", "loss_vtc", "loss_overall"}
+    assert math.isclose(terms["loss_overall"], sum(v for k, v in terms.items() if k != "loss_overall"),
+                        rel_tol=1e-5)
+    with pytest.raises(ValueError, match="video_feats"):
+        model(batch["video_feats"][..., :5], batch["video_mask"], batch["query_feats"],
+              batch["query_mask"])
+
+
+def test_padding_invariance_where_the_official_design_guarantees_it(trdetr_one_thread):
+    """Padding a sample (to batch it with a longer one) must not change what the official design
+    masks: with padded WORDS only, every output. With padded CLIPS, everything up to the first
+    encoder pass. From there the HD2MR softmax runs over all Lv clips, padding included (as
+    official), so the saliency and the spans DO change. We check that too, so the quirk stays
+    visible."""
+    torch.manual_seed(0)
+    model = trdetr.TRDETR(trdetr.default_config("qvh"), 34, 16).eval()
+    alone = _model_batch(34, 16, video_lens=[12], query_lens=[5], seed=3)
+
+    def padded_with(video_len, query_len):
+        other = _model_batch(34, 16, video_lens=[video_len], query_lens=[query_len], seed=4)
+        Lv, Lq = max(12, video_len), max(5, query_len)
+        pad = lambda x, L: F.pad(x, (0, 0, 0, L - x.shape[1])) if x.dim() == 3 else \
+            F.pad(x, (0, L - x.shape[1]))
+        return (torch.cat([pad(alone["video_feats"], Lv), pad(other["video_feats"], Lv)]),
+                torch.cat([pad(alone["video_mask"], Lv), pad(other["video_mask"], Lv)]),
+                torch.cat([pad(alone["query_feats"], Lq), pad(other["query_feats"], Lq)]),
+                torch.cat([pad(alone["query_mask"], Lq), pad(other["query_mask"], Lq)]))
+
+    captured = []
+    hooks = [model.t2v_encoder[-1].register_forward_hook(lambda m, i, o: captured.append(o)),
+             model.encoder[-1].register_forward_hook(lambda m, i, o: captured.append(o))]
+    with torch.no_grad():
+        ref = _model_forward(model, alone)
+        z_ref, m1_ref = captured[0], captured[1]          # T2V output Z, first encoder pass M1
+        captured.clear()
+        text_padded = model(*padded_with(12, 9))          # same video length, longer query
+        captured.clear()
+        video_padded = model(*padded_with(20, 5))         # longer video
+        z_pad, m1_pad = captured[0], captured[1]
+    for h in hooks:
+        h.remove()
+    for key in ("pred_logits", "pred_spans", "saliency"):
+        assert torch.allclose(text_padded[key][:1], ref[key], atol=1e-5), key
+    assert torch.allclose(z_pad[:1, :12], z_ref, atol=1e-5)
+    assert torch.allclose(m1_pad[:1, :12], m1_ref, atol=1e-5)
+    assert not torch.allclose(video_padded["saliency"][:1, :12], ref["saliency"], atol=1e-3)
+
+
+def test_official_mask_bug_flag_only_matters_with_video_padding(trdetr_one_thread):
+    torch.manual_seed(0)
+    cfg = trdetr.default_config("qvh")
+    clean = trdetr.TRDETR(cfg, 34, 16).eval()
+    buggy = trdetr.TRDETR(dataclasses.replace(cfg, t2v_mask_bug=True), 34, 16).eval()
+    buggy.load_state_dict(clean.state_dict())
+    with torch.no_grad():
+        same = _model_batch(34, 16, video_lens=[15] * 4, query_lens=[3, 8, 5, 2])
+        assert torch.allclose(_model_forward(clean, same)["saliency"], _model_forward(buggy, same)["saliency"])
+        mixed = _model_batch(34, 16, video_lens=[15, 9, 15, 15], query_lens=[8, 2, 6, 7])
+        assert not torch.allclose(_model_forward(clean, mixed)["saliency"],
+                                  _model_forward(buggy, mixed)["saliency"], atol=1e-4)
+
+
+def test_backward_reaches_every_used_parameter(trdetr_one_thread):
+    torch.manual_seed(0)
+    model, criterion = trdetr.build(trdetr.default_config("qvh"), 34, 16)
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    total, _ = criterion(_model_forward(model, batch), batch)
+    total.backward()
+    for name, p in model.named_parameters():
+        if name.startswith("txt_position_embed."):       # kept for parity, never used
+            assert p.grad is None, name
+            continue
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+    # TVSum (no matcher): only saliency + alignment losses, as in the official run.
+    tv_model, tv_loss = trdetr.build(trdetr.default_config("tvsum"), 34, 16)
+    _, terms = tv_loss(_model_forward(tv_model, batch), batch)
+    assert set(terms) == {"loss_saliency", "loss_ctc", "loss_vtc", "loss_overall"}
+
+
+def test_overfit_one_tiny_batch(trdetr_one_thread):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(trdetr.default_config("qvh"), hidden_dim=64, nheads=4, enc_layers=1,
+                              dec_layers=2, dim_feedforward=128, num_queries=5, dropout=0.0,
+                              input_dropout=0.0)
+    model, criterion = trdetr.build(cfg, 34, 16)
+    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    first = None
+    for step in range(200):
+        total, terms = criterion(_model_forward(model, batch), batch)
+        first = dict(terms) if first is None else first
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        out = _model_forward(model, batch)
+        _, terms = criterion(out, batch)
+        windows, _ = trdetr.predict(out, batch["video_mask"])
+    ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
+            for b, t in enumerate(batch["span_targets"])]
+    print(f"overfit: loss {first['loss_overall']:.3f} -> {terms['loss_overall']:.3f}, "
+          f"span L1 {first['loss_span']:.3f} -> {terms['loss_span']:.3f}, top-1 IoU {ious}")
+    # The total cannot go to 0: the rank-contrastive saliency loss has a floor of about
+    # log(#positives) per level, and the padded clips add log(2) to the local alignment loss.
+    # How far the span loss falls in 200 steps depends on the CPU's kernels (rounding): 0.787 ->
+    # 0.096 on one machine, below a tenth on another; a fifth leaves room for that, and the IoU
+    # bar below still asks for windows that match.
+    assert terms["loss_overall"] < first["loss_overall"] / 3
+    assert terms["loss_span"] < first["loss_span"] / 5
+    assert min(ious) > 0.8
+
+
+def test_mr2hd_slices_the_top_moment_like_the_official_code(trdetr_one_thread):
+    """MR2HD feeds the GRU the top-1 moment's projected clips, zero-padded to the PADDED length Lv,
+    with floor() indices and Python slice semantics (a negative start gives an empty slice)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(trdetr.default_config("qvh"), hidden_dim=32, nheads=4)
+    model = trdetr.TRDETR(cfg, 34, 16).eval()
+    seen = []
+    model.gru.register_forward_hook(lambda m, inputs, output: seen.append(inputs[0]))
+    clip_feats, memory = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    logits = torch.zeros(2, 3, 2)
+    logits[0, 1, 0] = logits[1, 2, 0] = 5.0                  # top query: 1 for sample 0, 2 for 1
+    spans = torch.full((2, 3, 2), 0.5)
+    spans[0, 1] = torch.tensor([0.45, 0.3])                  # xx (0.3, 0.6) * 8 -> clips 2..4
+    spans[1, 2] = torch.tensor([0.05, 0.3])                  # xx (-0.1, 0.2) * 8 -> -1..1: empty
+    with torch.no_grad():
+        model.mr2hd(logits, spans, memory, clip_feats)
+    moments = seen[0]
+    assert moments.shape == (2, 8, 32)
+    assert torch.equal(moments[0, :3], clip_feats[0, 2:5]) and not moments[0, 3:].any()
+    assert not moments[1].any()
+
+
+@pytest.mark.parametrize("module", [trdetr, videolights], ids=["trdetr", "videolights"])
+def test_mr2hd_moment_extraction_follows_python_slicing_without_a_loop(module):
+    # MR2HD slices clip_feats[b, start:end + 1] with Python's rules (the official code does):
+    # negative bounds wrap, bounds past the end clip, stop <= start is empty. The batched gather
+    # must give exactly what the per-sample slices give, on every awkward case.
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 75, 8, generator=gen)
+    starts = torch.randint(-90, 110, (64,), generator=gen).float()
+    stops = torch.randint(-90, 110, (64,), generator=gen).float()
+    starts[:5] = torch.tensor([-37., 74., 50., -1., 0.])
+    stops[:5] = torch.tensor([60., 113., 21., 0., 75.])
+    expected = torch.stack([torch.nn.functional.pad(
+        feats[b, int(starts[b]):int(stops[b])], (0, 0, 0, 75 - len(feats[b, int(starts[b]):int(stops[b])])))
+        for b in range(64)])
+    got = module.slice_left_aligned(feats, starts, stops)
+    assert torch.equal(got, expected)
+    assert got[2].abs().sum() == 0 and got[3].abs().sum() == 0       # stop <= start: empty
+    assert torch.equal(got[4], feats[4])                               # the whole video
+    assert torch.equal(got[0, :22], feats[0, 38:60]) and got[0, 22:].abs().sum() == 0  # -37 = 38
+    assert torch.equal(got[1, :1], feats[1, 74:]) and got[1, 1:].abs().sum() == 0      # clipped
+
+
+# ==================================================================================================
+# taskweave.py: TaskWeave (task-decoupled unit, both feedback manners, uncertainty-weighted joint loss)
+# ==================================================================================================
+
+@pytest.fixture
+def taskweave_one_thread():
+    """Thousands of tiny ops: on a busy 2-core machine one intra-op thread is much faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# A small TaskWeave for the behaviour tests (the full model is only built for the parameter count).
+TW_SMALL = dict(hidden_dim=32, nheads=4, dim_feedforward=64)
+
+
+def _tw_config(dataset="qvh", **changes):
+    return dataclasses.replace(taskweave.default_config(dataset), **{**TW_SMALL, **changes})
+
+
+def test_taskweave_parameter_count_matches_official():
+    model = taskweave.TaskWeave(taskweave.default_config("qvh"), 2818, 512)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"TaskWeave trainable parameters (QVH, 2818/512): {n:,}")
+    assert n == 7_784_488                                  # official builder, best_model_mr/opt.json
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model.t2v_encoder) == count(model.shared_expert) == 1_579_522
+    assert count(model.decoder) == 3_160_837
+    assert count(model.mr_expert) == 1_280 + 512 + 65_792  # depthwise, channel LayerNorm, 1x1
+    assert count(model.txt_position_embed) == 8_704         # the unused table
+    # TVSum (I3D rgb + flow + tef, CLIP title): 6,925,348 + 258 * (2050 + 512)
+    tvsum = taskweave.TaskWeave(taskweave.default_config("tvsum"), 2050, 512)
+    assert sum(p.numel() for p in tvsum.parameters()) == 7_586_344
+
+
+def test_taskweave_summary_prints_the_official_parameter_count(capsys, monkeypatch):
+    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
+    assert train.main(["--model", "taskweave", "--data", "qvh", "--summary"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable parameters: 7784488"
+
+
+def test_taskweave_default_configs():
+    qvh = taskweave.default_config("qvh")
+    assert (qvh.lr, qvh.weight_decay, qvh.batch_size, qvh.epochs, qvh.grad_clip, qvh.lr_drop,
+            qvh.seed, qvh.eval_every, qvh.ema_decay) == (1e-4, 1e-4, 32, 200, 0.1, 400, 1004, 5, 0.9)
+    assert (qvh.feedback, qvh.feedback_start, qvh.loss_fusion, qvh.best_metric) == (
+        "mr2hd", 100, "uncertainty", "MR-full-mAP")
+    assert (qvh.set_cost_class, qvh.set_cost_span, qvh.set_cost_giou, qvh.eos_coef) == (4, 10, 1, 0.1)
+    tv = taskweave.default_config("tvsum")
+    assert (tv.lr, tv.batch_size, tv.epochs, tv.lr_drop, tv.use_matcher, tv.best_metric,
+            tv.feedback) == (1e-3, 4, 2000, 2000, False, "mAP", "hd2mr")
+    ch = taskweave.default_config("charades")
+    assert (ch.epochs, ch.batch_size, ch.best_metric) == (100, 32, "MR-full-R1@0.7")
+    syn = taskweave.default_config("synthetic")
+    assert syn.epochs < qvh.epochs and syn.feedback_start == syn.epochs // 2
+    with pytest.raises(ValueError, match="unknown dataset"):
+        taskweave.default_config("coco")
+    with pytest.raises(ValueError, match="feedback"):
+        taskweave.TaskWeave(_tw_config(feedback="both"), 34, 16)
+
+
+@pytest.mark.parametrize("manner", ["mr2hd", "hd2mr"])
+def test_taskweave_forward_shapes_and_feedback_switch(taskweave_one_thread, manner):
+    """Both manners, before the feedback start, after it, and in standalone inference (epoch None).
+    mr2hd only re-weights the HD head's input: the moments stay, the saliency changes. hd2mr reruns
+    the MR side on the boosted video: the moments change, the returned saliency (pass 1) stays."""
+    torch.manual_seed(0)
+    cfg = _tw_config(feedback=manner, feedback_start=3)
+    model, criterion = taskweave.build(cfg, 34, 16)
+    model.eval()
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    with torch.no_grad():
+        before = _model_forward(model, batch, epoch=2)                 # epoch 3 (1-based): no feedback
+        after = _model_forward(model, batch, epoch=3)                  # epoch 4: epoch + 1 > 3
+        standalone = _model_forward(model, batch, epoch=None)
+    assert (before["feedback"], after["feedback"], standalone["feedback"]) == (False, True, True)
+    for out in (before, after):
+        assert out["pred_logits"].shape == (3, 10, 2) and out["pred_spans"].shape == (3, 10, 2)
+        assert out["saliency"].shape == (3, 20) and out["saliency_neg"].shape == (3, 20)
+        assert len(out["aux_outputs"]) == cfg.dec_layers - 1
+        assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
+        assert out["gamma_mr"].shape == out["gamma_hd"].shape == (1,)
+    for key in ("pred_logits", "pred_spans", "saliency", "saliency_neg"):
+        assert torch.equal(after[key], standalone[key]), key
+    assert torch.equal(after["saliency_neg"], before["saliency_neg"])   # never any feedback
+    moments_same = torch.equal(after["pred_spans"], before["pred_spans"])
+    saliency_same = torch.equal(after["saliency"], before["saliency"])
+    assert (moments_same, saliency_same) == ((True, False) if manner == "mr2hd" else (False, True))
+
+    windows, saliency = taskweave.predict(after, batch["video_mask"])
+    assert windows.shape == (3, 10, 3) and saliency.shape == (3, 20)
+    assert (windows[..., 2][:, :-1] >= windows[..., 2][:, 1:]).all()       # descending score
+    total, terms = criterion(after, batch)
+    assert set(terms) == {"loss_span", "loss_giou", "loss_label", "loss_span_0", "loss_giou_0",
+                          "loss_label_0", "loss_saliency", "loss_mr", "weight_mr", "weight_hd",
+                          "gamma_mr", "gamma_hd", "loss_overall"}
+    assert math.isclose(terms["loss_overall"], terms["weight_mr"] * terms["loss_mr"]
+                        + terms["weight_hd"] * terms["loss_saliency"] + terms["gamma_mr"]
+                        + terms["gamma_hd"], rel_tol=1e-5)
+    with pytest.raises(ValueError, match="video_feats"):
+        model(batch["video_feats"][..., :5], batch["video_mask"], batch["query_feats"],
+              batch["query_mask"])
+
+
+def test_taskweave_backward_finite_grads_incl_uncertainties(taskweave_one_thread):
+    torch.manual_seed(0)
+    model, criterion = taskweave.build(_tw_config(), 34, 16)
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    total, _ = criterion(_model_forward(model, batch, epoch=150), batch)     # mr2hd feedback on
+    total.backward()
+    # Official bug (taskweave.py notes 14-15): the MR expert's masked conv is 0 at every real clip, so the depthwise weights
+    # and the LayerNorm weight get exactly zero gradient.
+    dead = {"mr_expert.depthwise.weight", "mr_expert.norm_weight"}
+    # DAB-DETR's first decoder layer starts from tgt = 0: its self-attention content projections
+    # see only zeros, so their weights (not their biases) get no gradient either, as officially.
+    dead |= {f"decoder.layers.0.{n}.weight" for n in ("sa_qcontent_proj", "sa_kcontent_proj", "sa_v_proj")}
+    zero = set()
+    for name, p in model.named_parameters():
+        if name.startswith("txt_position_embed."):       # kept for parity, never used
+            assert p.grad is None, name
+            continue
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        if p.grad.abs().sum() == 0:
+            zero.add(name)
+    assert zero == dead
+    assert model.gamma_mr.grad.abs().item() > 0 and model.gamma_hd.grad.abs().item() > 0
+    # With the intended mask (mask_bug False) the MR expert's CNN trains.
+    fixed, criterion = taskweave.build(_tw_config(mr_expert_mask_bug=False), 34, 16)
+    criterion(_model_forward(fixed, batch, epoch=150), batch)[0].backward()
+    assert fixed.mr_expert.depthwise.weight.grad.abs().sum() > 0
+    assert fixed.mr_expert.norm_weight.grad.abs().sum() > 0
+
+
+def test_taskweave_mr_expert_bug_makes_a_constant(taskweave_one_thread):
+    """As run (taskweave.py notes 14-15), the MR-specific expert returns one learned vector at every real clip of every
+    video; with the intended valid-clip mask it is a real temporal CNN."""
+    torch.manual_seed(0)
+    buggy = taskweave.MRSpecificExpert(8, mask_bug=True)
+    fixed = taskweave.MRSpecificExpert(8, mask_bug=False)
+    fixed.load_state_dict(buggy.state_dict())
+    x = torch.randn(2, 6, 8)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        out = buggy(x, mask)                                                   # (2, 6, 8)
+        constant = buggy.pointwise(buggy.norm_bias).squeeze(-1)[0]             # W beta + b, (8,)
+        assert torch.allclose(out[mask], constant.expand(10, -1), atol=1e-6)
+        assert not torch.allclose(fixed(x, mask)[mask], constant.expand(10, -1), atol=1e-3)
+
+
+def test_taskweave_joint_loss_by_hand():
+    """One query that sits exactly on its target (L1 = GIoU loss = 0, CE = ln 2 at logits [0, 0]),
+    two clips with saliency [1, 0] and label [4, 0], a negative pass of zeros."""
+    cfg = taskweave.default_config("qvh")
+    gamma_mr = torch.nn.Parameter(torch.tensor([0.5]))
+    gamma_hd = torch.nn.Parameter(torch.tensor([-0.25]))
+    outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_spans": torch.tensor([[[0.5, 0.5]]]),
+               "aux_outputs": [], "saliency": torch.tensor([[1.0, 0.0]]),
+               "saliency_neg": torch.zeros(1, 2), "video_mask": torch.ones(1, 2, dtype=torch.bool),
+               "gamma_mr": gamma_mr, "gamma_hd": gamma_hd}
+    batch = {"span_targets": [torch.tensor([[0.5, 0.5]])], "saliency_pos": torch.tensor([[0]]),
+             "saliency_neg": torch.tensor([[1]]), "saliency_all": torch.tensor([[4.0, 0.0]])}
+    loss_mr = math.log(2)                                  # CE of the matched (foreground) query
+    hinge = max(0.0, 0.2 + 0.0 - 1.0)                      # = 0
+    # rank-contrastive: levels 1..4 have clip 0 as the only positive among [1, 0 | 0, 0] / 0.5
+    rank = 4 * (math.log(math.exp(2) + 3 + 1e-6) - 2) / 12
+    neg_pair = 2 * math.log(2)                             # -log(1 - sigmoid(0)) on both clips
+    loss_hd = hinge + rank + neg_pair
+    expected = math.exp(-0.5) * loss_mr + 2 * math.exp(0.25) * loss_hd + 0.5 - 0.25
+    total, terms = taskweave.TaskWeaveLoss(cfg)(outputs, batch)
+    assert total.dim() == 0
+    assert math.isclose(total.item(), expected, rel_tol=1e-6)
+    assert math.isclose(terms["loss_label"], loss_mr, rel_tol=1e-6)
+    assert terms["loss_span"] == 0 and abs(terms["loss_giou"]) < 1e-7
+    assert math.isclose(terms["loss_saliency"], loss_hd, rel_tol=1e-6)
+    total.backward()
+    # dL/dgamma = 1 - (weighted loss): the optimum is exp(gamma_mr) = L_mr, exp(gamma_hd) = 2 L_hd.
+    assert math.isclose(gamma_mr.grad.item(), 1 - math.exp(-0.5) * loss_mr, rel_tol=1e-5)
+    assert math.isclose(gamma_hd.grad.item(), 1 - 2 * math.exp(0.25) * loss_hd, rel_tol=1e-5)
+
+    # TVSum (no matcher): no MR half, not even its gamma term (the official crash of taskweave.py note 19).
+    gamma_mr.grad = gamma_hd.grad = None
+    tv_total, tv_terms = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, use_matcher=False))(outputs, batch)
+    assert math.isclose(tv_total.item(), 2 * math.exp(0.25) * loss_hd - 0.25, rel_tol=1e-6)
+    assert "loss_mr" not in tv_terms and "loss_span" not in tv_terms
+    tv_total.backward()
+    assert gamma_mr.grad is None and gamma_hd.grad is not None
+
+    # QD-DETR's weighted sum (Table 6's "weighted sum" row): 4 CE + 1 L_hd here.
+    w_total, _ = taskweave.TaskWeaveLoss(dataclasses.replace(cfg, loss_fusion="weighted"))(outputs, batch)
+    assert math.isclose(w_total.item(), 4 * loss_mr + loss_hd, rel_tol=1e-6)
+
+
+def test_taskweave_moment_to_mask_by_hand_and_official_axis():
+    model = taskweave.TaskWeave(_tw_config(), 34, 16)
+    # 3 clips = 6 half-clip bins. Query 1 (0, 0.5) -> bins 0..3; query 2 (0.5, 1.0) -> bins 3..5
+    # (6 is clamped to 5). Per bin [1, 1, 1, 2, 1, 1] -> per clip [1, 1.5, 1] -> / its L2 norm.
+    spans = common.span_xx_to_cxw(torch.tensor([[[0.0, 0.5], [0.5, 1.0]]]))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    expected = torch.tensor([[1.0, 1.5, 1.0]]) / math.sqrt(4.25)
+    assert torch.allclose(model.moment_to_mask(spans, mask), expected)
+    # mr2hd_axis="valid": the spans are laid over each video's own 2 valid clips (4 bins):
+    # query 1 -> bins 0..2, query 2 -> bins 2..3: per bin [1, 1, 2, 1] -> per clip [1, 1.5, 0].
+    valid = taskweave.TaskWeave(_tw_config(mr2hd_axis="valid"), 34, 16)
+    short = torch.tensor([[True, True, False]])
+    assert torch.allclose(valid.moment_to_mask(spans, short),
+                          torch.tensor([[1.0, 1.5, 0.0]]) / math.sqrt(3.25))
+
+    # At 75 padded clips the "padded" axis is the official one: spans x 150 s, integer seconds,
+    # every second from start to end for all queries, pairs of seconds averaged into 2-s clips.
+    gen = torch.Generator().manual_seed(0)
+    spans = torch.rand(3, 10, 2, generator=gen) * torch.tensor([1.0, 0.6])
+    xx = torch.clamp(common.span_cxw_to_xx(spans) * 150, min=0, max=149).int()
+    seconds = torch.arange(150)
+    covered = ((xx[..., :1] <= seconds) & (xx[..., 1:] >= seconds)).float().sum(1)   # (3, 150)
+    clips = covered.view(3, 75, 2).mean(-1)
+    reference = clips / clips.norm(dim=1, keepdim=True)
+    assert torch.equal(model.moment_to_mask(spans, torch.ones(3, 75, dtype=torch.bool)), reference)
+
+
+def test_taskweave_hd2mr_doubles_above_mean_clips_of_the_projected_video(taskweave_one_thread):
+    """hd2mr as run: pass 1 on V0, V0 * (1 + [s > mean over all Lv clips]) into pass 2, and the
+    negative pass on the unmodified V0 with the queries rolled by one."""
+    torch.manual_seed(0)
+    model = taskweave.TaskWeave(_tw_config(feedback="hd2mr"), 34, 16).eval()
+    batch = _model_batch(34, 16, video_lens=[12, 20, 16], query_lens=[7, 4, 9])
+    seen = []
+    model.t2v_encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs))
+    with torch.no_grad():
+        out = _model_forward(model, batch, epoch=None)
+    first, second, negative = seen                      # pass 1, pass 2, negative pass
+    v0, saliency = first[0], out["saliency"]
+    above = (saliency > saliency.mean(1, keepdim=True)).float()                   # (B, Lv)
+    assert 0 < above.sum() < above.numel()
+    assert torch.equal(second[0], v0 + v0 * above[..., None])
+    assert torch.equal(negative[0], v0)
+    assert torch.equal(negative[2], first[2].roll(-1, dims=0))                     # word_feats
+    assert torch.equal(negative[3], first[3].roll(-1, dims=0))                     # word padding
+
+
+def test_taskweave_overfit_one_tiny_batch(taskweave_one_thread):
+    torch.manual_seed(0)
+    cfg = _tw_config(hidden_dim=64, dim_feedforward=128, enc_layers=1, shared_layers=1,
+                     num_queries=5, dropout=0.0, input_dropout=0.0)
+    model, criterion = taskweave.build(cfg, 34, 16)
+    batch = _model_batch(34, 16, video_lens=[16, 20, 12, 18], query_lens=[5, 8, 6, 4], seed=7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    first = None
+    for step in range(120):
+        total, terms = criterion(_model_forward(model, batch, epoch=None), batch)   # feedback on
+        first = dict(terms) if first is None else first
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        out = _model_forward(model, batch, epoch=None)
+        _, terms = criterion(out, batch)
+        windows, _ = taskweave.predict(out, batch["video_mask"])
+    ious = [common.temporal_iou(windows[b, :1, :2], common.span_cxw_to_xx(t))[0].max().item()
+            for b, t in enumerate(batch["span_targets"])]
+    print(f"overfit: L_mr {first['loss_mr']:.3f} -> {terms['loss_mr']:.3f}, L_hd "
+          f"{first['loss_saliency']:.3f} -> {terms['loss_saliency']:.3f}, gammas "
+          f"{terms['gamma_mr']:.3f} {terms['gamma_hd']:.3f}, top-1 IoU {ious}")
+    assert terms["loss_mr"] < 0.3 * first["loss_mr"]
+    assert terms["loss_saliency"] < 0.5 * first["loss_saliency"]
+    assert terms["loss_overall"] < first["loss_overall"] - 1
+    assert min(ious) > 0.8
+    # gamma_mr heads for its optimum ln L_mr, which is negative once L_mr < 1.
+    assert terms["gamma_mr"] < 0
+
+
+def test_taskweave_train_end_to_end_on_synthetic(tmp_path, monkeypatch, taskweave_one_thread):
+    monkeypatch.setitem(train.MODELS, "taskweave", taskweave)
     root = tmp_path / "syn"
-    data.make_synthetic(root, seed=3, n_train=24, n_val=8, blip=True)
-    run_dir = tmp_path / "run"
-    assert train.main(_train_args(root, run_dir, "--epochs", "1", "--video-feats",
-                                  "slowfast,clip,blip", "--text-feats", "clip,blip")) == 0
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["streams"] == {"video": "slowfast,clip,blip", "text": "clip,blip"}
-    ckpt = torch.load(run_dir / "last.ckpt", weights_only=False)
-    spec = data.dataset_spec("synthetic", video_feats="slowfast,clip,blip", text_feats="clip,blip")
-    assert ckpt["model"]["input_vid_proj.0.linear.weight"].shape[1] == spec.video_dim
-    # --resume picks the streams up from the checkpoint.
-    assert train.main(_train_args(root, run_dir, "--epochs", "2",
-                                  "--resume", str(run_dir / "last.ckpt"))) == 0
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8)
+    results = tmp_path / "run"
+    # feedback_start=1: epoch 1 trains without feedback, epoch 2 (0-based index 1) with it.
+    assert train.main(["--model", "taskweave", "--data", "synthetic", "--feat-root", str(root),
+                       "--results-dir", str(results), "--no-progress", "--batch-size", "8",
+                       "--eval-every", "1", "--epochs", "2", "--set", "hidden_dim=32",
+                       "--set", "dim_feedforward=64", "--set", "nheads=4",
+                       "--set", "feedback_start=1"]) == 0
+    for name in ["config.json", "log.txt", "last.ckpt", "best.ckpt", "val_preds.jsonl", "metrics.json"]:
+        assert (results / name).is_file(), name
+    config = json.loads((results / "config.json").read_text())["config"]
+    assert (config["feedback"], config["ema_decay"], config["epochs"]) == ("mr2hd", 0.9, 2)
+    saved = json.loads((results / "metrics.json").read_text())
+    assert saved["best_metric"] == "MR-full-mAP"
+    assert {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP",
+            "HL-min-VeryGood-Hit1"} <= set(saved["brief"])
+    rows = metrics.read_jsonl(results / "val_preds.jsonl")
+    assert len(rows) == 8 and len(rows[0]["pred_relevant_windows"]) == 10
+    gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
+    assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+    log = (results / "log.txt").read_text()
+    assert "gamma_mr" in log and "gamma_hd" in log
+    # The gammas are model parameters: they are in the checkpoint, the EMA one included.
+    ckpt = torch.load(results / "last.ckpt", weights_only=False)
+    assert "gamma_mr" in ckpt["model"] and "gamma_hd" in ckpt["ema"]
+    assert not torch.equal(ckpt["model"]["gamma_hd"], ckpt["ema"]["gamma_hd"])
 
 
 # ==================================================================================================
 # videolights.py: VideoLights (FRA, Bi-CMF, MR2HD feedback, hard positive/negative losses, -B streams, pretraining recipe)
 # ==================================================================================================
-
-
 
 @pytest.fixture
 def videolights_one_thread():
@@ -2831,7 +2162,7 @@ VL_SMALL = dict(hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=5, cont
 def test_videolights_parameter_counts_match_official():
     cfg = videolights.default_config("qvh")
     # QVHighlights SlowFast + CLIP (2816 + 2 tef / 512) and -B (+ BLIP-2 768 each: 3586 / 1280),
-    # as the official build_model gives them (shared/specs/official_parameter_counts.md).
+    # as the official build_model gives them (the official code's model built and counted).
     sfc = videolights.VideoLights(cfg, 2818, 512)
     print(f"VideoLights trainable parameters (QVH, 2818/512): {train.count_parameters(sfc):,}")
     assert train.count_parameters(sfc) == 10_399_975
@@ -3080,8 +2411,35 @@ def test_videolights_trains_end_to_end_on_synthetic(tmp_path, monkeypatch, video
     assert "loss_sal_hard_pos" in log and "loss_align_vt" in log
 
 
+def test_videolights_B_pretrain_then_finetune_on_a_synthetic_corpus(tmp_path, monkeypatch,
+                                                                   videolights_one_thread):
+    # The -B-pt path end to end: BLIP-2-like extra streams, pretraining on a caption corpus in the
+    # official format with the official pretraining recipe, then a weights-only fine-tune.
+    root = tmp_path / "syn"
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8, blip=True)
+    small = [x for k, v in VL_SMALL.items() for x in ("--set", f"{k}={v}")]
+    common_args = ["--model", "videolights", "--data", "synthetic", "--feat-root", str(root),
+                   "--no-progress", "--epochs", "1", "--video-feats", "slowfast,clip,blip",
+                   "--text-feats", "clip,blip", "--set", "enc_layers=1", *small]
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    _one_video_pretrain_corpus(monkeypatch)
+    assert train.main(common_args + ["--results-dir", str(pre), "--pretrain", "synthetic"]) == 0
+    config = json.loads((pre / "config.json").read_text())
+    assert config["config"]["batch_size"] == 256 and config["config"]["align_loss_coef"] == 0.01
+    assert config["streams"] == {"video": "slowfast,clip,blip", "text": "clip,blip"}
+    corpus = metrics.read_jsonl(config["pretrain"])
+    assert len(corpus) == 1 * 15 and all(len(r["relevant_windows"]) == 1 for r in corpus)
+    assert "eval epoch 1" in (pre / "log.txt").read_text()
+    assert train.main(common_args + ["--results-dir", str(fine), "--batch-size", "8",
+                                     "--init", str(pre / "best.ckpt")]) == 0
+    config = json.loads((fine / "config.json").read_text())
+    assert config["init"] == str(pre / "best.ckpt")
+    assert config["config"]["align_loss_coef"] == videolights.default_config("synthetic").align_loss_coef
+    assert (fine / "metrics.json").is_file()
+
+
 # ==================================================================================================
-# flashvtg.py: FlashVTG (temporal feature layering, adaptive score refinement, anchor-free heads) and common.temporal_nms_zero
+# flashvtg.py: FlashVTG (temporal feature layering, adaptive score refinement, anchor-free heads, its NMS)
 # ==================================================================================================
 
 @pytest.fixture
@@ -3102,7 +2460,7 @@ def _fv_small_config(**changes):
 
 
 def _fv_batch(video_lens, query_lens, windows, video_dim=34, text_dim=16, seed=0):
-    """A hand-built batch with the CONTRACT.md keys; windows[b] = [(start, end)] in CLIPS (2-s clips),
+    """A hand-built batch with the keys of data.collate's batches; windows[b] = [(start, end)] in CLIPS (2-s clips),
     saliency labels 1..12 inside the first window, QVH-style vids (all different videos)."""
     gen = torch.Generator().manual_seed(seed)
     B, Lv, Lq = len(video_lens), max(video_lens), max(query_lens)
@@ -3150,7 +2508,7 @@ def test_flashvtg_parameter_counts_match_official():
 def test_flashvtg_default_configs():
     qvh = flashvtg.default_config("qvh")
     assert (qvh.batch_size, qvh.lr, qvh.epochs) == (64, 5e-4, 150)
-    assert (qvh.nms_thd, qvh.nms_kind, qvh.best_metric) == (0.7, "zero", "MR-full-mAP")
+    assert (qvh.nms_thd, qvh.best_metric) == (0.7, "MR-full-mAP")
     assert (qvh.lw_reg, qvh.lw_cls, qvh.lw_sal, qvh.lw_saliency, qvh.label_loss_coef) == \
         (1, 5, 0.1, 0.8, 4)
     assert qvh.lr_drop >= qvh.epochs and qvh.lr_gamma == 0.5 and qvh.eval_batch_size == 1
@@ -3236,25 +2594,25 @@ def test_flashvtg_decoding_and_predict_by_hand():
     assert len(windows[0]) == 2 and torch.allclose(windows[0][0, :2], torch.tensor([1 / 8.5, 6 / 8.5]))
 
 
-def test_temporal_nms_zero_by_hand():
+def test_flashvtg_temporal_nms_by_hand():
     rows = [[0, 10, 0.9], [1, 10, 0.8], [20, 30, 0.7], [0, 8, 0.6]]
-    out = common.temporal_nms_zero(rows, 0.7)
+    out = flashvtg.temporal_nms(rows, 0.7)
     assert [r[:2] for r in out] == [[0, 10], [20, 30], [1, 10], [0, 8]]
     assert [round(r[2], 6) for r in out] == [0.9, 0.7, 0.0, 0.0]
     # Inclusive threshold: IoU exactly 0.7 ([0, 10] vs [0, 7]) is suppressed; 0.6 is not.
-    out = common.temporal_nms_zero([[0, 10, 0.9], [0, 7, 0.8], [4, 10, 0.5]], 0.7)
+    out = flashvtg.temporal_nms([[0, 10, 0.9], [0, 7, 0.8], [4, 10, 0.5]], 0.7)
     assert [round(r[2], 6) for r in out] == [0.9, 0.5, 0.0] and out[1][:2] == [4, 10]
     # Unsorted input: the best window is taken first wherever it is; a zeroed window does not
     # suppress anything ([2, 12] overlaps [0, 10] by 8/12 < 0.7, so it survives A's pass).
-    out = common.temporal_nms_zero([[2, 12, 0.5], [0, 10, 0.8], [0, 9, 0.6]], 0.7)
+    out = flashvtg.temporal_nms([[2, 12, 0.5], [0, 10, 0.8], [0, 9, 0.6]], 0.7)
     assert [r[:2] for r in out] == [[0, 10], [2, 12], [0, 9]]
     assert [round(r[2], 6) for r in out] == [0.8, 0.5, 0.0]
     # Linear mode scales every later score by (1 - IoU); zero-length windows have IoU 0.
-    out = common.temporal_nms_zero([[0, 10, 0.8], [5, 10, 0.6], [4, 4, 0.5]], 0.7, mode="linear")
+    out = flashvtg.temporal_nms([[0, 10, 0.8], [5, 10, 0.6], [4, 4, 0.5]], 0.7, mode="linear")
     assert [round(r[2], 6) for r in out] == [0.8, 0.5, 0.3]
-    assert common.temporal_nms_zero([], 0.7) == []
+    assert flashvtg.temporal_nms([], 0.7) == []
     with pytest.raises(ValueError, match="mode"):
-        common.temporal_nms_zero(rows, 0.7, mode="soft")
+        flashvtg.temporal_nms(rows, 0.7, mode="soft")
 
 
 def test_flashvtg_forward_shapes_and_finite_grads(flashvtg_one_thread):
@@ -3413,33 +2771,441 @@ def test_flashvtg_train_end_to_end(tmp_path, monkeypatch):
     assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
 
 
-def test_videolights_B_pretrain_then_finetune_on_a_synthetic_corpus(tmp_path, videolights_one_thread):
-    # The -B-pt path end to end: BLIP-2-like extra streams, pretraining on a caption corpus in the
-    # official format with the official pretraining recipe, then a weights-only fine-tune.
-    root = tmp_path / "syn"
-    data.make_synthetic(root, seed=3, n_train=24, n_val=8, blip=True)
-    small = [x for k, v in VL_SMALL.items() for x in ("--set", f"{k}={v}")]
-    common_args = ["--model", "videolights", "--data", "synthetic", "--feat-root", str(root),
-                   "--no-progress", "--epochs", "1", "--video-feats", "slowfast,clip,blip",
-                   "--text-feats", "clip,blip", "--set", "enc_layers=1", *small]
-    pre, fine = tmp_path / "pre", tmp_path / "fine"
-    assert train.main(common_args + ["--results-dir", str(pre), "--pretrain", "synthetic"]) == 0
-    config = json.loads((pre / "config.json").read_text())
-    assert config["config"]["batch_size"] == 256 and config["config"]["align_loss_coef"] == 0.01
-    assert config["streams"] == {"video": "slowfast,clip,blip", "text": "clip,blip"}
-    corpus = metrics.read_jsonl(config["pretrain"])
-    assert len(corpus) == 100 * 15 and all(len(r["relevant_windows"]) == 1 for r in corpus)
-    assert "eval epoch 1" in (pre / "log.txt").read_text()
-    assert train.main(common_args + ["--results-dir", str(fine), "--batch-size", "8",
-                                     "--init", str(pre / "best.ckpt")]) == 0
-    config = json.loads((fine / "config.json").read_text())
-    assert config["init"] == str(pre / "best.ckpt")
-    assert config["config"]["align_loss_coef"] == videolights.default_config("synthetic").align_loss_coef
-    assert (fine / "metrics.json").is_file()
+# ==================================================================================================
+# train.py: the one loop, end to end on tiny sets (checkpoints, resume, eval-only, TVSum domains, EMA, --init, --amp)
+# ==================================================================================================
+
+def _tiny_synthetic(root):
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8)
+    return root
+
+
+# Config overrides that shrink TR-DETR for the end-to-end tests (the loop, data and metrics stay real).
+SMALL_MODEL = ["--set", "hidden_dim=32", "--set", "dim_feedforward=64", "--set", "nheads=4"]
+
+
+def _train_args(root, results, *extra):
+    return ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root),
+            "--results-dir", str(results), "--no-progress", "--batch-size", "8", "--eval-every", "1",
+            *SMALL_MODEL, *extra]
+
+
+def test_a_results_folder_in_use_by_a_live_process_is_refused(tmp_path):
+    # Two processes training into one folder (e.g. a TVSum domain started by hand while the
+    # all-domain command reaches it) would interleave the run's files: the second one is refused.
+    root, _, _ = _data_qvh_root(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / train.LOCK_FILE).write_text(str(os.getppid()))      # a live process
+    args = ["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+            "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]
+    with pytest.raises(SystemExit, match=f"being trained into by process {os.getppid()}"):
+        train.main(args)
+    assert not (run_dir / "config.json").exists()
+    # A marker left by a process that has died is taken over; the finished run removes it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (run_dir / train.LOCK_FILE).write_text(dead)
+    assert train.main(args) == 0
+    assert (run_dir / "timing.json").is_file() and not (run_dir / train.LOCK_FILE).exists()
+
+
+def test_summary_prints_the_official_parameter_count(capsys):
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "input dims: video 2818, text 512" in out
+    assert out.strip().splitlines()[-1] == "trainable parameters: 8308773"
+
+
+def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
+    root = _tiny_synthetic(tmp_path / "syn")
+    results = tmp_path / "run"
+    assert train.main(_train_args(root, results, "--epochs", "2")) == 0
+    for name in ["config.json", "log.txt", "last.ckpt", "best.ckpt", "val_preds.jsonl", "metrics.json"]:
+        assert (results / name).is_file(), name
+    assert not list(results.glob("*.tmp*"))                     # atomic writes leave no temporaries
+    config = json.loads((results / "config.json").read_text())
+    assert config["config"]["hidden_dim"] == 32 and config["config"]["epochs"] == 2
+    # The submission is the official format, scored by metrics.py to the same brief block.
+    rows = metrics.read_jsonl(results / "val_preds.jsonl")
+    assert len(rows) == 8
+    assert set(rows[0]) == {"qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"}
+    assert len(rows[0]["pred_relevant_windows"]) == 10
+    scores = [w[2] for w in rows[0]["pred_relevant_windows"]]
+    assert scores == sorted(scores, reverse=True)
+    for st, ed, _ in rows[0]["pred_relevant_windows"]:
+        assert 0 <= st <= 150 and 0 <= ed <= 150 and st % 2 == 0 and ed % 2 == 0
+    gt = metrics.read_jsonl(root / "highlight_val_release.jsonl")
+    saved = json.loads((results / "metrics.json").read_text())
+    assert saved["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+    assert saved["best_metric"] == "MR-full-mAP"
+    log = (results / "log.txt").read_text().splitlines()
+    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2"]
+    # A second run into the same directory is refused rather than overwriting it.
+    with pytest.raises(SystemExit, match="already holds a run: continue it with --resume"):
+        train.main(_train_args(root, results, "--epochs", "2"))
+    # Without a last.ckpt (killed during its first epoch) the message does not offer --resume.
+    (tmp_path / "killed").mkdir()
+    shutil.copy(results / "config.json", tmp_path / "killed" / "config.json")
+    with pytest.raises(SystemExit, match="stopped during its first epoch, before any checkpoint"):
+        train.main(_train_args(root, tmp_path / "killed", "--epochs", "2"))
+    # Resuming a run that finished at epoch 2, extended to 3 epochs, trains only epoch 3.
+    assert train.main(_train_args(root, results, "--epochs", "3", "--resume",
+                                  str(results / "last.ckpt"))) == 0
+    log = (results / "log.txt").read_text().splitlines()
+    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2", "3"]
+    assert torch.load(results / "last.ckpt", weights_only=False)["epoch"] == 3
+
+
+def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epoch(tmp_path,
+                                                                                   monkeypatch):
+    # Short epochs (TVSum: one step each) must not rewrite the ~70 MB state every epoch; the first
+    # epoch's state is always written, so only a run killed during its first epoch has none.
+    root = _tiny_synthetic(tmp_path / "syn")
+    written = []
+    save = train.save_atomic
+    monkeypatch.setattr(train, "save_atomic", lambda obj, path: (
+        written.append((os.path.basename(path), obj["epoch"])), save(obj, path)))
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 1e9)
+    train.main(_train_args(root, tmp_path / "rare", "--epochs", "3"))
+    assert [e for name, e in written if name == "last.ckpt"] == [1, 3]
+    written.clear()
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
+    train.main(_train_args(root, tmp_path / "every", "--epochs", "3"))
+    assert [e for name, e in written if name == "last.ckpt"] == [1, 2, 3]
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    # Two epochs straight, or one epoch + a resumed second one (as after a kill), give the same
+    # weights: the checkpoint carries the optimiser, the scheduler and every RNG state.
+    root = _tiny_synthetic(tmp_path / "syn")
+    train.main(_train_args(root, tmp_path / "straight", "--epochs", "2"))
+    train.main(_train_args(root, tmp_path / "killed", "--epochs", "1"))
+    train.main(_train_args(root, tmp_path / "killed", "--epochs", "2",
+                           "--resume", str(tmp_path / "killed" / "last.ckpt")))
+    a = torch.load(tmp_path / "straight" / "last.ckpt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "last.ckpt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_eval_only_writes_predictions_and_metrics(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    train.main(_train_args(root, run_dir, "--epochs", "1"))
+    assert train.main(["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root),
+                       "--no-progress", "--eval-only", "--resume", str(run_dir / "best.ckpt")]) == 0
+    out = run_dir / "eval_best"
+    rows = metrics.read_jsonl(out / "val_preds.jsonl")
+    # The best checkpoint evaluated again gives the very predictions saved during training.
+    assert rows == metrics.read_jsonl(run_dir / "val_preds.jsonl")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["brief"] == json.loads((run_dir / "metrics.json").read_text())["brief"]
+
+
+def test_train_reports_missing_features_clearly(tmp_path):
+    # The command line turns a FeatureError into one line naming the path, with no traceback.
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "train.py"),
+                           "--model", "trdetr", "--data", "qvh", "--feat-root", str(tmp_path / "nothing"),
+                           "--results-dir", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert str(tmp_path / "nothing") in proc.stderr
+    assert "Getting the features" in proc.stderr
+
+
+def test_qvh_real_layout_train_then_eval_only_writes_test_submission(tmp_path):
+    # The real-data path end to end on a tiny tree in the QVHighlights layout and dims (2818 / 512):
+    # train one epoch, then --eval-only writes the val metrics and the unlabelled test submission.
+    root, _, _ = _data_qvh_root(tmp_path)
+    # The released test labels (moment_detr's highlight_test_with_gt.jsonl): same lines + labels.
+    labelled_test = [dict(metrics.read_jsonl(root / "highlight_train_release.jsonl")[1])]
+    _data_write_jsonl(root / "highlight_test_with_gt.jsonl", labelled_test)
+    run_dir = tmp_path / "run"
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--no-progress",
+                       "--eval-only", "--resume", str(run_dir / "best.ckpt")]) == 0
+    out = run_dir / "eval_best"
+    # tools/plot.py draws from the predictions file and the annotations alone.
+    assert plot_tool.main(["--preds", str(out / "val_preds.jsonl"), "--first", "1",
+                           "--gt", str(root / "highlight_val_release.jsonl")]) == 0
+    # Local test evaluation: the official metrics of test_preds.jsonl against the labelled file.
+    test_rows = metrics.read_jsonl(out / "test_preds.jsonl")
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["split"] == "test"
+    assert saved["brief"] == metrics.evaluate_qvh(test_rows, labelled_test)["brief"]
+    assert (out / "plots" / "0.svg").is_file()                  # the first val query, qid 0
+    assert set(json.loads((out / "metrics.json").read_text())["brief"]) >= {"MR-full-mAP", "HL-min-VeryGood-Hit1"}
+    (test_row,) = metrics.read_jsonl(out / "test_preds.jsonl")
+    assert test_row["qid"] == 1 and test_row["vid"] == "v2"
+    assert len(test_row["pred_saliency_scores"]) == 59          # one score per loaded clip
+    assert len(test_row["pred_relevant_windows"]) == 10
+    for st, ed, _ in test_row["pred_relevant_windows"]:
+        assert 0 <= st <= 150 and 0 <= ed <= 150 and st % 2 == 0 and ed % 2 == 0
 
 
 @pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
-                    reason="../shared/realdata/tvsum (real TVSum features) not present")
+                    reason="the real TVSum features (shared data folder) are not present")
+def test_tvsum_one_domain_end_to_end_on_real_features(tmp_path):
+    run_dir = tmp_path / "bk"
+    assert train.main(["--model", "trdetr", "--data", "tvsum", "--domain", "BK", "--no-progress",
+                       "--feat-root", str(SHARED / "realdata" / "tvsum"), "--results-dir", str(run_dir),
+                       "--epochs", "2", "--eval-every", "1", *SMALL_MODEL]) == 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["domain"] == "BK" and saved["best_metric"] == "mAP"
+    assert 0.0 <= saved["brief"]["mAP"] <= 1.0
+    (row,) = metrics.read_jsonl(run_dir / "val_preds.jsonl")          # one val video per domain
+    gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_val.jsonl")
+          if a["domain"] == "BK"]
+    assert row["qid"] == gt[0]["qid"] and len(row["pred_saliency_scores"]) == len(gt[0]["label"])
+    assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
+    # The fit check (README, TVSum): the last checkpoint scored on the domain's 4 training videos,
+    # into files named after the split, beside nothing that could pass for the reported numbers.
+    assert train.main(["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
+                       str(SHARED / "realdata" / "tvsum"), "--eval-only", "--eval-split", "train",
+                       "--resume", str(run_dir / "last.ckpt")]) == 0
+    out = run_dir / "eval_last"
+    assert sorted(p.name for p in out.iterdir()) == ["train_metrics.json", "train_preds.jsonl"]
+    rows = metrics.read_jsonl(out / "train_preds.jsonl")
+    train_gt = [a for a in metrics.read_jsonl(SHARED / "fixtures" / "tvsum" / "tvsum_train.jsonl")
+                if a["domain"] == "BK"]
+    assert sorted(r["qid"] for r in rows) == sorted(a["qid"] for a in train_gt) and len(rows) == 4
+    fit = json.loads((out / "train_metrics.json").read_text())
+    assert (fit["split"], fit["domain"]) == ("train", "BK")
+    assert fit["brief"]["mAP"] == metrics.evaluate_tvsum(rows, train_gt)["brief"]["mAP"]
+
+
+def test_eval_split_scores_another_split_and_refuses_what_it_cannot_score(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    train.main(_train_args(root, run_dir, "--epochs", "1"))
+    base = ["--model", "trdetr", "--data", "synthetic", "--feat-root", str(root), "--no-progress",
+            "--resume", str(run_dir / "best.ckpt")]
+    assert train.main([*base, "--eval-only", "--eval-split", "train"]) == 0
+    rows = metrics.read_jsonl(run_dir / "eval_best" / "train_preds.jsonl")
+    gt = metrics.read_jsonl(root / "highlight_train_release.jsonl")
+    assert len(rows) == len(gt)
+    fit = json.loads((run_dir / "eval_best" / "train_metrics.json").read_text())
+    assert fit["split"] == "train" and fit["brief"] == metrics.evaluate_qvh(rows, gt)["brief"]
+    # Naming the eval split itself writes the usual files.
+    assert train.main([*base, "--eval-only", "--eval-split", "val"]) == 0
+    saved = json.loads((run_dir / "eval_best" / "metrics.json").read_text())
+    assert saved["split"] == "val"
+    assert saved["brief"] == json.loads((run_dir / "metrics.json").read_text())["brief"]
+    with pytest.raises(SystemExit, match="go with --eval-only"):
+        train.main([*base, "--eval-split", "train"])
+    with pytest.raises(SystemExit, match="labelled splits train, val, not 'test'"):
+        train.main([*base, "--eval-only", "--eval-split", "test"])
+    with pytest.raises(SystemExit, match="not with --eval-split train"):
+        train.main([*base, "--eval-only", "--eval-split", "train", "--test-gt", str(root / "x")])
+
+
+def test_eval_only_with_a_missing_test_gt_is_a_clear_error(tmp_path):
+    root, _, _ = _data_qvh_root(tmp_path)
+    with pytest.raises(SystemExit, match="go with --eval-only"):
+        train.main(["--model", "trdetr", "--data", "qvh", "--feat-root", str(root), "--test-gt", "x"])
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="the shared data folder (fixtures) is not present: Charades lines")
+def test_trdetr_trains_on_charades_real_annotation_lines(tmp_path):
+    # Charades-STA lines have one window and no clip ids or scores; data.window_labels derives the
+    # saliency pairs, saliency_all and TR-DETR's clip-relevance mask from the window, so the full
+    # TR-DETR loss (CTC included) trains. Real annotation lines, random features in the real layout.
+    fixtures = SHARED / "fixtures" / "charades"
+    root = tmp_path / "charades"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        lines = metrics.read_jsonl(fixtures / f"charades_sta_{split}_tvr_format.jsonl")[:n]
+        _data_write_jsonl(root / f"charades_sta_{split}_tvr_format.jsonl", lines)
+        for ann in lines:
+            n_clips = int(ann["duration"])                     # one row per 1-s clip
+            _data_npz(root / "slowfast_features" / f"{ann['vid']}.npz",
+                      features=rng.normal(size=(n_clips, 2304)).astype(np.float16))
+            _data_npz(root / "clip_features" / f"{ann['vid']}.npz",
+                      features=rng.normal(size=(n_clips, 512)).astype(np.float16))
+            _data_npz(root / "clip_text_features" / f"qid{ann['qid']}.npz",
+                      last_hidden_state=rng.normal(size=(9, 512)).astype(np.float16))
+    ds = data.load_dataset("charades", root, "train", progress=False)
+    batch = data.collate([ds[i] for i in range(len(ds))])
+    # Every item has relevant clips and graded (0/1) saliency derived from its window.
+    assert (batch["relevant_mask"].sum(1) > 0).all()
+    assert set(batch["saliency_all"].unique().tolist()) <= {0.0, 1.0}
+    model, criterion = trdetr.build(dataclasses.replace(trdetr.default_config("charades"), hidden_dim=32,
+                                                        dim_feedforward=64, nheads=4), ds.video_dim, ds.text_dim)
+    out = model(batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+    total, terms = criterion(out, batch)
+    assert torch.isfinite(total) and terms["loss_ctc"] > 0 and terms["loss_saliency"] > 0
+    run_dir = tmp_path / "run"
+    assert train.main(["--model", "trdetr", "--data", "charades", "--feat-root", str(root), "--no-progress",
+                       "--results-dir", str(run_dir), "--epochs", "1", *SMALL_MODEL]) == 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["best_metric"] == "MR-full-R1@0.7"
+    assert {"MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"} <= set(saved["brief"])
+    for row in metrics.read_jsonl(run_dir / "val_preds.jsonl"):    # rounded to the 1-s clip grid
+        assert all(float(st).is_integer() and float(ed).is_integer()
+                   for st, ed, _ in row["pred_relevant_windows"])
+
+
+def test_update_ema_follows_the_model_once_per_call():
+    # ema = 0.9 * ema + 0.1 * model on parameters and float buffers; integer buffers are copied.
+    ema, model = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(2.0)
+        model.num_batches_tracked.fill_(7)
+    train.update_ema(ema, model, 0.9)
+    assert torch.allclose(ema.weight, torch.full((3,), 1.2))
+    assert torch.allclose(ema.running_mean, torch.full((3,), 0.2))
+    assert int(ema.num_batches_tracked) == 7
+    assert torch.equal(model.weight, torch.full((3,), 3.0))        # the model itself is untouched
+
+
+def test_nms_is_the_model_files_own_and_runs_only_where_its_recipe_uses_it():
+    # FlashVTG's NMS lives in flashvtg.py (the file alone with common.py gives the paper's
+    # inference); the loop applies a model's `nms` when its Config asks for it, never on TVSum.
+    cfg = flashvtg.default_config("qvh")
+    assert cfg.nms_thd == 0.7
+    assert train.uses_nms(flashvtg, cfg, "qvh") and not train.uses_nms(flashvtg, cfg, "tvsum")
+    assert not train.uses_nms(flashvtg, dataclasses.replace(cfg, nms_thd=-1.0), "qvh")
+    assert not any(hasattr(m, "nms") for m in (trdetr, taskweave, videolights))
+    windows = [[0, 10, 0.9], [2, 10, 0.8], [20, 30, 0.5]]
+    assert flashvtg.nms(windows, cfg) == flashvtg.temporal_nms(windows, 0.7)
+    assert windows == [[0, 10, 0.9], [2, 10, 0.8], [20, 30, 0.5]]       # the input is not modified
+
+
+def test_init_copies_weights_and_refuses_a_different_model(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    train.main(_train_args(root, run_dir, "--epochs", "1"))
+    cfg = dataclasses.replace(trdetr.default_config("synthetic"), hidden_dim=32,
+                              dim_feedforward=64, nheads=4)
+    spec = data.dataset_spec("synthetic")
+    model, _ = trdetr.build(cfg, spec.video_dim, spec.text_dim)
+    train.load_initial_weights(model, str(run_dir / "best.ckpt"), "trdetr")
+    saved = torch.load(run_dir / "best.ckpt", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    bigger, _ = trdetr.build(dataclasses.replace(cfg, hidden_dim=64), spec.video_dim, spec.text_dim)
+    with pytest.raises(SystemExit, match="does not fit this model"):
+        train.load_initial_weights(bigger, str(run_dir / "best.ckpt"), "trdetr")
+    with pytest.raises(SystemExit, match="not flashvtg"):
+        train.load_initial_weights(model, str(run_dir / "best.ckpt"), "flashvtg")
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"--init: cannot read .*broken\.ckpt as a checkpoint"):
+        train.load_initial_weights(model, str(tmp_path / "broken.ckpt"), "trdetr")
+    with pytest.raises(SystemExit, match="--init: no checkpoint at"):
+        train.load_initial_weights(model, str(tmp_path / "absent.ckpt"), "trdetr")
+    # From the command line: a new run that starts from those weights records where they came from.
+    train.main(_train_args(root, tmp_path / "finetune", "--epochs", "1",
+                           "--init", str(run_dir / "best.ckpt")))
+    config = json.loads((tmp_path / "finetune" / "config.json").read_text())
+    assert config["init"] == str(run_dir / "best.ckpt")
+    with pytest.raises(SystemExit, match="does not go with --resume"):
+        train.main(_train_args(root, tmp_path / "x", "--init", str(run_dir / "best.ckpt"),
+                               "--resume", str(run_dir / "last.ckpt")))
+
+
+@pytest.mark.parametrize("name", sorted(train.MODELS))
+def test_amp_forward_in_bfloat16_gives_the_float32_loss_within_bfloat16_precision(name):
+    # --amp runs the forward under bfloat16 autocast (here on the CPU, the same code path as CUDA)
+    # and the loss on float32 copies of the outputs: every model must go through it and give
+    # finite gradients and about the float32 loss. Only about: at initialisation the decoder
+    # queries' scores are near-ties, and TR-DETR's MR2HD feeds the top-1 query's window to its
+    # saliency head, so bfloat16 rounding may pick another query (seen here: 2.5% on the loss).
+    module = train.MODELS[name]
+    torch.manual_seed(0)
+    model, criterion = module.build(module.default_config("qvh"), 34, 16)
+    model.eval()    # no dropout: both passes compute the same function
+    if name == "flashvtg":
+        batch = _fv_batch([12, 9, 12], [5, 7, 3], [[(2, 6)], [(0, 4)], [(5, 12)]])
+    else:
+        batch = _model_batch(34, 16, video_lens=[12, 9, 12], query_lens=[5, 7, 3], seed=1)
+    args = (batch["video_feats"], batch["video_mask"], batch["query_feats"], batch["query_mask"])
+    full, _ = criterion(model(*args, epoch=0), batch, epoch=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(*args, epoch=0)
+    assert any(t.dtype == torch.bfloat16 for t in outputs.values() if torch.is_tensor(t))
+    outputs = train.to_float32(outputs)
+    assert all(t.dtype != torch.bfloat16 for t in outputs.values() if torch.is_tensor(t))
+    mixed, _ = criterion(outputs, batch, epoch=0)
+    assert mixed.dtype == torch.float32
+    assert abs(mixed.item() - full.item()) < 0.1 * abs(full.item())
+    mixed.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 10 and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_amp_run_records_its_precision_and_refuses_gpus_without_bfloat16(tmp_path, monkeypatch):
+    root = _tiny_synthetic(tmp_path / "syn")
+    assert train.main(_train_args(root, tmp_path / "amp", "--epochs", "1", "--amp")) == 0
+    assert json.loads((tmp_path / "amp" / "config.json").read_text())["amp"] is True
+    assert json.loads((tmp_path / "amp" / "timing.json").read_text())["amp"] is True
+    assert torch.load(tmp_path / "amp" / "last.ckpt", weights_only=False)["amp"] is True
+    assert json.loads((tmp_path / "amp" / "metrics.json").read_text())["brief"]["MR-full-mAP"] >= 0
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(SystemExit, match="no bfloat16 support"):
+        train.check_amp(torch.device("cuda"))
+
+
+def test_summary_counts_the_extra_feature_streams(capsys):
+    assert train.main(["--model", "trdetr", "--data", "qvh", "--summary",
+                       "--video-feats", "slowfast,clip,blip", "--text-feats", "clip,blip"]) == 0
+    assert "input dims: video 3586, text 1280" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="error: "):
+        train.main(["--model", "trdetr", "--data", "qvh", "--summary", "--video-feats", "vgg"])
+
+
+def _one_video_pretrain_corpus(monkeypatch):
+    """--pretrain synthetic, with a corpus of one video (15 captions) instead of the default 100."""
+    real = data.ensure_synthetic_pretrain
+    monkeypatch.setattr(data, "ensure_synthetic_pretrain",
+                        lambda root, **kw: real(root, **{**kw, "n_videos": 1}))
+
+
+def test_pretrain_on_the_synthetic_corpus_then_finetune_from_it(tmp_path, monkeypatch, capsys):
+    root = _tiny_synthetic(tmp_path / "syn")
+    pre = tmp_path / "pre"
+    _one_video_pretrain_corpus(monkeypatch)
+    assert train.main(_train_args(root, pre, "--epochs", "1", "--pretrain", "synthetic")) == 0
+    config = json.loads((pre / "config.json").read_text())
+    corpus = config["pretrain"]
+    assert corpus.endswith(data.SYNTHETIC_PRETRAIN_FILE)
+    n_lines = len(metrics.read_jsonl(corpus))
+    log = (pre / "log.txt").read_text()
+    assert "eval epoch 1" in log                       # evaluated on the synthetic val split
+    assert len(metrics.read_jsonl(pre / "val_preds.jsonl")) == 8
+    # The resumable state remembers its corpus: resuming needs no --pretrain.
+    assert torch.load(pre / "last.ckpt", weights_only=False)["pretrain"] == corpus
+    assert n_lines == 15                               # trained on the corpus, not the 24 train queries
+    assert "trdetr on synthetic: 15 train / 8 val queries" in capsys.readouterr().out
+    fine = tmp_path / "fine"
+    assert train.main(_train_args(root, fine, "--epochs", "1",
+                                  "--init", str(pre / "best.ckpt"))) == 0
+    assert json.loads((fine / "config.json").read_text())["init"] == str(pre / "best.ckpt")
+
+
+def test_train_with_extra_synthetic_blip_streams(tmp_path):
+    root = tmp_path / "syn"
+    data.make_synthetic(root, seed=3, n_train=24, n_val=8, blip=True)
+    run_dir = tmp_path / "run"
+    assert train.main(_train_args(root, run_dir, "--epochs", "1", "--video-feats",
+                                  "slowfast,clip,blip", "--text-feats", "clip,blip")) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["streams"] == {"video": "slowfast,clip,blip", "text": "clip,blip"}
+    ckpt = torch.load(run_dir / "last.ckpt", weights_only=False)
+    spec = data.dataset_spec("synthetic", video_feats="slowfast,clip,blip", text_feats="clip,blip")
+    assert ckpt["model"]["input_vid_proj.0.linear.weight"].shape[1] == spec.video_dim
+    # --resume picks the streams up from the checkpoint.
+    assert train.main(_train_args(root, run_dir, "--epochs", "2",
+                                  "--resume", str(run_dir / "last.ckpt"))) == 0
+
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
+                    reason="the real TVSum features (shared data folder) are not present")
 @pytest.mark.parametrize("model_name", ["taskweave", "videolights", "flashvtg"])
 def test_every_model_trains_one_tvsum_domain_on_the_real_features(tmp_path, model_name):
     # Each model's official TVSum recipe (highlight detection only, one domain) through the loop,
@@ -3458,3 +3224,331 @@ def test_every_model_trains_one_tvsum_domain_on_the_real_features(tmp_path, mode
           if a["domain"] == "GA"]
     assert len(row["pred_saliency_scores"]) == len(gt[0]["label"])
     assert saved["brief"]["mAP"] == metrics.evaluate_tvsum([row], gt)["brief"]["mAP"]
+
+
+# ==================================================================================================
+# tools/: comparison and benchmark, the TVSum report and parallel domains, prediction plots
+# ==================================================================================================
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "tvsum").exists(),
+                    reason="the real TVSum features (shared data folder) are not present")
+def test_tvsum_all_domains_then_the_table_beside_the_paper_and_parallel_domains(tmp_path, capsys,
+                                                                               monkeypatch):
+    out = tmp_path / "all"
+    args = ["--model", "trdetr", "--data", "tvsum", "--no-progress", "--feat-root",
+            str(SHARED / "realdata" / "tvsum"), "--results-dir", str(out), "--epochs", "1",
+            *SMALL_MODEL]
+    assert train.main(args) == 0
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[-2].startswith("TVSum top-5 mAP, best evaluation per domain: VT ")
+    assert summary[-1] == f"the table beside the paper: python tools/tvsum.py table {out}"
+    assert not (out / "tvsum_table.json").exists()
+    # tools/tvsum.py table: the table beside the paper, and tvsum_table.json.
+    assert tvsum_tool.main(["table", str(out)]) == 0
+    table = json.loads((out / "tvsum_table.json").read_text())
+    assert list(table["mAP"]) == data.TVSUM_DOMAINS and table["model"] == "trdetr"
+    assert (table["seed"], table["epochs"]) == (2018, 1)
+    for domain in data.TVSUM_DOMAINS:
+        saved = json.loads((out / domain / "metrics.json").read_text())
+        assert saved["domain"] == domain and table["mAP"][domain] == saved["brief"]["mAP"]
+    assert table["Avg"] == pytest.approx(sum(table["mAP"].values()) / 10)
+    # One epoch = one evaluation per domain: the best epoch is 1 and the mean of the evaluations
+    # is that evaluation itself.
+    assert table["best_epoch"] == {d: 1 for d in data.TVSUM_DOMAINS}
+    assert table["evaluations"] == {d: 1 for d in data.TVSUM_DOMAINS}
+    assert table["mean_of_evaluations"] == table["mAP"]
+    assert table["config"]["seed"] == 2018 and table["config"]["lr"] == 1e-3
+    printed = capsys.readouterr().out.splitlines()
+    assert any(l.startswith("| the same, mean of all evaluations | ") for l in printed)
+    reference = metrics.tvsum_reference(metrics.read_jsonl(TVSUM_VAL))
+    assert table["reference"] == reference
+    consensus = next(l for l in printed if l.startswith("| the annotators' mean score as ranking |"))
+    assert f"| {100 * reference['annotator_mean']['VT']:.1f} |" in consensus
+    ours = next(l for l in printed if l.startswith("| trdetr, seed 2018, 1 epochs |"))
+    assert ours.endswith(f"| {100 * table['Avg']:.1f} |")
+    assert "| paper, Table 3 (I3D) | 89.3 | 93 | 94.3 | 85.1 | 88 | 88.6 | 80.4 | 91.3 | 89.5 | " \
+           "81.6 | 88.1 |" in printed
+    assert f"{100 * table['mAP']['VT']:.1f}" in summary[-2].split()
+    # The same command again: every finished domain is reused, nothing trains.
+    calls = []
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda *a, **k: calls.append(a[6]) or real_run(*a, **k))
+    assert train.main(args) == 0 and calls == []
+    assert tvsum_tool.main(["table", str(out)]) == 0
+    assert json.loads((out / "tvsum_table.json").read_text()) == table
+    # A domain without timing.json was interrupted: only it runs again, from its last.ckpt.
+    (out / "DS" / "timing.json").unlink()
+    assert train.main(args) == 0 and calls == ["DS"]
+    assert (out / "DS" / "timing.json").is_file()
+    # One killed during its first epoch has no last.ckpt: it is started again from an empty
+    # folder (its old log does not stay).
+    (out / "DS" / "timing.json").unlink()
+    (out / "DS" / "last.ckpt").unlink()
+    capsys.readouterr()
+    assert train.main(args) == 0 and calls == ["DS", "DS"]
+    assert (f"DS: {out / 'DS'} stopped during its first epoch, before any checkpoint; starting "
+            f"it again") in capsys.readouterr().out
+    log = (out / "DS" / "log.txt").read_text().splitlines()
+    assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1"]
+    assert (out / "DS" / "last.ckpt").is_file()
+    # Another configuration into the same folder is refused, not mixed into the table.
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.main(args + ["--seed", "5"])
+
+    # tools/tvsum.py train --jobs 2: the domains left to train run as child train.py processes,
+    # two at a time, each with this command line restricted to its domain; then the table.
+    shutil.rmtree(out / "PK")                                    # new
+    (out / "DS" / "timing.json").unlink()                        # interrupted: resumed
+    (out / "MS" / "timing.json").unlink()                        # killed in its first epoch
+    (out / "MS" / "last.ckpt").unlink()
+    calls.clear()
+    capsys.readouterr()
+    assert tvsum_tool.main(["train", "--jobs", "2", *args]) == 0 and calls == []
+    printed = capsys.readouterr().out
+    assert "training 3 domain(s) (MS PK DS), 2 at a time" in printed
+    assert "PK: started (new run" in printed and "DS: started (resuming" in printed
+    assert "MS: stopped during its first epoch" in printed and "MS: started (new run" in printed
+    assert "PK: finished, best mAP" in printed and "DS: finished, best mAP" in printed
+    for domain in ("MS", "PK", "DS"):
+        assert (out / domain / "timing.json").is_file()
+        assert not (out / domain / train.LOCK_FILE).exists()
+        assert "best mAP" in (out / domain / "output.txt").read_text()   # the child's last line
+    again = json.loads((out / "tvsum_table.json").read_text())
+    assert again["mAP"]["PK"] == json.loads((out / "PK" / "metrics.json").read_text())["brief"]["mAP"]
+    # DS stopped after its last epoch: resuming it trained nothing, so its number is unchanged.
+    assert {d: v for d, v in again["mAP"].items() if d != "PK"} == \
+        {d: v for d, v in table["mAP"].items() if d != "PK"}
+    # A failing child is reported by domain after the others have ended; their results stay.
+    (out / "DS" / "timing.json").unlink()
+    (out / "DS" / "last.ckpt").write_bytes(b"not a checkpoint")
+    shutil.rmtree(out / "BT")
+    with pytest.raises(SystemExit, match=r"the DS run\(s\) failed"):
+        tvsum_tool.main(["train", "--jobs", "2", *args])
+    assert "--resume: cannot read" in (out / "DS" / "output.txt").read_text()
+    assert (out / "BT" / "timing.json").is_file()
+    # A domain that another command (one started by hand with --domain) is training when its turn
+    # comes is waited for, never started twice. Stand-ins hold the locks: one finishes VT meanwhile
+    # (writes its timing.json, releases the lock), so VT is reused; one dies holding BK, so BK is
+    # resumed from its last.ckpt once the lock is stale. A held domain without its first checkpoint
+    # yet (GA) is not taken for a broken one.
+    shutil.rmtree(out / "DS")
+    go = tmp_path / "go"        # the stand-ins act once the command has seen all three locks
+    stand_in = ("import pathlib, sys, time\n"
+                "d, go, act = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]\n"
+                "while not go.exists(): time.sleep(0.05)\n"
+                "if act == 'finish':\n"
+                "    (d / 'timing.json').write_text(sys.argv[4]); (d / 'running.pid').unlink()\n"
+                "if act == 'checkpoint, then die':\n"
+                "    (d.parent / 'GA.ckpt').rename(d / 'last.ckpt')\n")
+    timing_vt = (out / "VT" / "timing.json").read_text()
+    for domain in ("VT", "GA", "BK"):
+        (out / domain / "timing.json").unlink()
+    (out / "GA" / "last.ckpt").rename(out / "GA.ckpt")
+    acts = {"VT": ["finish", timing_vt], "GA": ["checkpoint, then die"], "BK": ["die"]}
+    stand_ins = {d: subprocess.Popen([sys.executable, "-c", stand_in, str(out / d), str(go), *a])
+                 for d, a in acts.items()}
+    for domain, proc in stand_ins.items():
+        (out / domain / train.LOCK_FILE).write_text(str(proc.pid))
+        # Reap each stand-in as it exits: a dead child not yet waited for still counts as alive.
+        threading.Thread(target=proc.wait, daemon=True).start()
+    try:
+        with pytest.raises(SystemExit, match="VT: .* is being trained into by process"):
+            train.main(args)                               # without --jobs: refused, nothing lost
+        assert calls == [] and (out / "VT" / train.LOCK_FILE).is_file()
+        real_sleep = time.sleep
+        monkeypatch.setattr(time, "sleep", lambda s: go.touch() or real_sleep(s))
+        capsys.readouterr()
+        assert tvsum_tool.main(["train", "--jobs", "2", *args]) == 0
+    finally:
+        go.touch()
+        for proc in stand_ins.values():
+            proc.wait(timeout=30)
+    printed = capsys.readouterr().out
+    assert "training 4 domain(s) (VT GA BK DS), 2 at a time" in printed
+    for domain in ("VT", "GA", "BK"):
+        assert f"{domain}: being trained into by process {stand_ins[domain].pid}" in printed
+    assert "VT: finished meanwhile by another command, reused" in printed
+    assert "BK: started (resuming" in printed and "GA: started (resuming" in printed
+    assert "DS: started (new run" in printed and "FAILED" not in printed
+    assert not (out / "VT" / "output.txt").exists()       # this command never ran VT
+    for domain in ("GA", "BK", "DS"):
+        assert (out / domain / "timing.json").is_file()
+    with pytest.raises(SystemExit, match="trains all domains; it takes no --domain"):
+        tvsum_tool.main(["train", "--jobs", "2", *args, "--domain", "VT"])
+
+
+def test_eval_history_keeps_the_later_line_of_a_re_done_epoch(tmp_path):
+    # A resumed run re-does the epochs after its last checkpoint: the later evaluation counts.
+    (tmp_path / "log.txt").write_text(
+        "epoch 5 0.4s lr 1.00e-03 loss_overall 2.0\n"
+        'eval epoch 5 {"mAP": 0.5}\n'
+        'eval epoch 5 nms 0.7 {"mAP": 0.9}\n'
+        'eval epoch 10 {"mAP": 0.25}\n'
+        'eval epoch 10 {"mAP": 0.75}\n')
+    assert tvsum_tool.eval_history(tmp_path) == {5: {"mAP": 0.5}, 10: {"mAP": 0.75}}
+    assert tvsum_tool.eval_history(tmp_path / "absent") == {}
+
+
+def _tvsum_table_file(path, model, seed, values, lr=1e-3):
+    table = dict(zip(data.TVSUM_DOMAINS, values))
+    path.mkdir(parents=True)
+    (path / "tvsum_table.json").write_text(json.dumps({
+        "model": model, "seed": seed, "epochs": 2000, "mAP": table,
+        "Avg": sum(values) / len(values), "config": {"seed": seed, "lr": lr}}))
+    return str(path)
+
+
+def test_readme_and_docs_tvsum_rows_are_the_committed_result_files(capsys):
+    # Every TVSum number of ours is traceable: each seed's two rows in docs/tvsum.md are its
+    # committed docs/tvsum/<model>_seed<S>.json, and a mean ± std row (README's results table, and
+    # docs/tvsum.md where it repeats one) is `tools/tvsum.py summary` of those files.
+    readme = (REPO / "README.md").read_text().splitlines()
+    tvsum_doc = (REPO / "docs" / "tvsum.md").read_text().splitlines()
+    names = {"trdetr": "TR-DETR", "taskweave": "TaskWeave", "videolights": "VideoLights",
+             "flashvtg": "FlashVTG"}
+
+    def cells_of(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")][-11:]
+
+    def rows(lines, model, marker):
+        return [cells_of(l) for l in lines if l.startswith(f"| {names[model]} |") and marker in l]
+
+    def row(lines, model, marker):
+        found = rows(lines, model, marker)
+        assert len(found) == 1, (model, marker, found)
+        return found[0]
+
+    files = sorted((REPO / "docs" / "tvsum").glob("*_seed*.json"))
+    assert len(files) >= 4
+    seeds = {}
+    for file in files:
+        t = json.loads(file.read_text())
+        assert file.name == f"{t['model']}_seed{t['seed']}.json"
+        assert list(t["mAP"]) == data.TVSUM_DOMAINS
+        seeds.setdefault(t["model"], []).append(file)
+        best = [f"{100 * t['mAP'][d]:.1f}" for d in data.TVSUM_DOMAINS] + [f"{100 * t['Avg']:.1f}"]
+        assert row(tvsum_doc, t["model"], f"this repo, seed {t['seed']}, best epoch") == best
+        n = set(t["evaluations"].values())
+        assert len(n) == 1
+        means = [t["mean_of_evaluations"][d] for d in data.TVSUM_DOMAINS]
+        assert row(tvsum_doc, t["model"], f"this repo, seed {t['seed']}, mean of all {n.pop()} "
+                   f"evaluations") == [f"{100 * v:.1f}" for v in means] + [
+                       f"{100 * sum(means) / len(means):.1f}"]
+    checked = 0
+    for model, group in seeds.items():
+        if len(group) < 2:
+            continue
+        capsys.readouterr()
+        assert tvsum_tool.main(["summary", *map(str, group)]) == 0
+        summary = cells_of(capsys.readouterr().out.splitlines()[2])
+        assert row(readme, model, "best epoch, mean ± std") == summary
+        assert all(r == summary for r in rows(tvsum_doc, model, "best epoch, mean ± std"))
+        checked += 1
+    assert checked == 3                     # TR-DETR, TaskWeave and VideoLights have three seeds
+
+
+def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
+    runs = [_tvsum_table_file(tmp_path / f"s{seed}", "trdetr", seed, [base + i / 100 for i in range(10)])
+            for seed, base in ((1, 0.5), (2, 0.6), (3, 0.7))]
+    one = _tvsum_table_file(tmp_path / "tw", "taskweave", 2017, [0.8] * 10)
+    assert tvsum_tool.main(["summary", *runs, one + "/tvsum_table.json"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # VT: 50, 60, 70 -> 60.0 +- 10.0 (sample std); BT (i = 8): 58, 68, 78; Avg: 54.5, 64.5, 74.5.
+    assert printed[2] == ("| trdetr, seeds 1, 2, 3 (mean ± std) | 60.0 ± 10.0 | 61.0 ± 10.0 | "
+                          "62.0 ± 10.0 | 63.0 ± 10.0 | 64.0 ± 10.0 | 65.0 ± 10.0 | 66.0 ± 10.0 | "
+                          "67.0 ± 10.0 | 68.0 ± 10.0 | 69.0 ± 10.0 | 64.5 ± 10.0 |")
+    assert printed[3].startswith("| trdetr paper, Table 3 (I3D) | 89.3 | 93 |")
+    assert printed[4] == "| taskweave, seeds 2017 (mean ± std) |" + " 80.0 |" * 11
+    # Runs of another configuration (or the same seed twice) are not averaged together.
+    other = _tvsum_table_file(tmp_path / "lr", "trdetr", 4, [0.5] * 10, lr=1e-4)
+    with pytest.raises(SystemExit, match="different configurations"):
+        tvsum_tool.main(["summary", *runs, other])
+    with pytest.raises(SystemExit, match="seed given twice"):
+        tvsum_tool.main(["summary", runs[0], runs[0]])
+    with pytest.raises(SystemExit, match="no .*tvsum_table.json"):
+        tvsum_tool.main(["summary", str(tmp_path / "nothing")])
+
+
+def test_prediction_svg_draws_what_it_says():
+    import xml.etree.ElementTree as ET
+    gt = {"qid": 7, "query": "a <dog> & a cat", "duration": 20, "vid": "v",
+          "relevant_windows": [[2, 6], [10, 12]], "relevant_clip_ids": [1, 2, 5],
+          "saliency_scores": [[4, 4, 4], [2, 2, 2], [0, 1, 2]]}
+    row = {"qid": 7, "vid": "v", "pred_saliency_scores": [0.1 * i for i in range(10)],
+           "pred_relevant_windows": [[2, 6, 0.9], [0, 20, 0.5], [10, 12, 0.4], [4, 8, 0.1]]}
+    root = ET.fromstring(plot_tool.prediction_svg(row, gt, clip_len=2, top_k=3, width=900))
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = lambda cls: [r for r in root.iter(ns + "rect") if r.get("class") == cls]
+    # Plot area: x from 60 to 880 (820 px) for 0..20 s, i.e. 41 px per second.
+    assert [(float(r.get("x")), float(r.get("width"))) for r in rects("gt-window")] == [(142.0, 164.0), (470.0, 82.0)]
+    assert [float(r.get("height")) for r in rects("gt-saliency")] == [160.0, 80.0, 40.0]   # means 4, 2, 1 of 4 x 160 px
+    assert [float(r.get("x")) for r in rects("pred-window")] == [142.0, 60.0, 470.0]        # top 3, best first
+    (curve,) = [p for p in root.iter(ns + "polyline")]
+    points = [tuple(map(float, p.split(","))) for p in curve.get("points").split()]
+    assert len(points) == 10
+    assert points[0] == (101.0, 210.0) and points[-1][1] == 50.0    # lowest score at the bottom, highest at the top
+    texts = "".join(t.text or "" for t in root.iter(ns + "text"))
+    assert "a <dog> & a cat" in texts                                # escaped in the file, intact when parsed
+    # TVSum: no windows, the 20 annotators' mean 1..5 score per shot.
+    tv = plot_tool.prediction_svg({"qid": "x", "pred_saliency_scores": [1.0, 2.0, 3.0]},
+                              {"qid": "x", "query": "t", "duration": 3, "label": [[1] * 20, [3] * 20, [5] * 20]},
+                              clip_len=2)
+    tv_root = ET.fromstring(tv)
+    assert len([r for r in tv_root.iter(ns + "rect") if r.get("class") == "gt-saliency"]) == 3
+
+
+def test_compare_trains_each_model_in_its_own_process_and_writes_the_table(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    out = tmp_path / "cmp"
+    args = ["--models", "trdetr,flashvtg", "--data", "synthetic", "--feat-root", str(root),
+            "--results-dir", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress",
+            *SMALL_MODEL]
+    assert compare_tool.main(args) == 0
+    timing = json.loads((out / "trdetr" / "timing.json").read_text())
+    assert timing["epochs_timed"] == 1 and timing["train_seconds_per_epoch"] > 0
+    assert timing["inference_ms_per_query"] > 0 and timing["peak_memory_mib"] > 0
+    config = json.loads((out / "trdetr" / "config.json").read_text())
+    assert config["config"]["seed"] == compare_tool.SEED and config["config"]["hidden_dim"] == 32
+    brief = json.loads((out / "trdetr" / "metrics.json").read_text())["brief"]
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[2].startswith("| model | params | epochs | best epoch | train s/epoch | "
+                               "of which loading |")
+    cells = [c.strip() for c in table[4].strip("|").split("|")]
+    assert cells[0] == "trdetr" and cells[1] == f"{timing['trainable_parameters']:,}"
+    assert cells[2] == "1" and cells[3] == "1"
+    assert cells[5] == f"{timing['load_seconds_per_epoch']:.2f}"
+    assert 0 <= timing["load_seconds_per_epoch"] < timing["train_seconds_per_epoch"]
+    assert cells[8] == f"{brief['MR-full-R1@0.5']:.2f}"
+    # One row per model, in the order asked; FlashVTG (no DETR, NMS files) fits the same table.
+    assert [row.split("|")[1].strip() for row in table[4:]] == ["trdetr", "flashvtg"]
+    assert (out / "flashvtg" / "metrics_nms.json").is_file()
+    # A second call reuses the finished run instead of training again.
+    stamp = (out / "trdetr" / "timing.json").stat().st_mtime_ns
+    assert compare_tool.main(args) == 0
+    assert (out / "trdetr" / "timing.json").stat().st_mtime_ns == stamp
+
+
+def test_benchmark_generates_a_qvh_shaped_set_and_times_it_with_the_qvh_loader(tmp_path, monkeypatch):
+    # --benchmark at QVHighlights' real dims, shrunk to 12 + 6 queries: the set is written in the
+    # QVH layout, read by the real QVH loader (2304 + 512 + tef = 2818, text 512), and the table
+    # says what it ran on.
+    monkeypatch.setattr(data, "QVH_SIZED", {**data.QVH_SIZED, "n_train": 12, "n_val": 6})
+    root, out = tmp_path / "qvh_sized", tmp_path / "bench"
+    assert compare_tool.main(["--benchmark", "--models", "trdetr", "--feat-root", str(root),
+                       "--results-dir", str(out), "--batch-size", "4", "--no-progress",
+                       *SMALL_MODEL]) == 0
+    marker = json.loads((root / data.SYNTHETIC_MARKER).read_text())
+    assert marker["dims"] == {"slowfast": 2304, "clip": 512, "text": 512}
+    assert (marker["n_train"], marker["n_val"]) == (12, 6)
+    spec = data.dataset_spec("qvh", root)
+    val = data.load_dataset(spec, root, "val", progress=False)
+    assert len(val) == 6 and (val.video_dim, val.text_dim) == (2818, 512)
+    config = json.loads((out / "trdetr" / "config.json").read_text())
+    assert config["data"] == "qvh" and config["config"]["epochs"] == 1
+    timing = json.loads((out / "trdetr" / "timing.json").read_text())
+    assert timing["epochs_timed"] == 1 and timing["peak_memory_mib"] > 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0].startswith(f"Data: QVHighlights-sized synthetic set in {root} (12 train / 6 val")
+    assert table[4].split("|")[1].strip() == "trdetr"
+    with pytest.raises(SystemExit, match="takes no --data"):
+        compare_tool.main(["--benchmark", "--data", "tvsum"])
