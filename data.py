@@ -57,7 +57,7 @@ Synthetic (`make_synthetic`): the moment_detr QVHighlights layout and file names
     (slowfast 128, clip 64, text 64; with blip=True also "BLIP" video 48 and text 48), train and
     val only; `make_synthetic_pretrain` adds pre_train_synthetic.jsonl (section at its code).
     `--qvh-sized` (QVH_SIZED): the same generator at QVHighlights' sizes and real dims, read as
-    --data qvh: the speed benchmark of train.py --benchmark.
+    --data qvh: the speed benchmark of tools/compare.py --benchmark.
 
 Feature streams (dataset_spec's video_feats / text_feats, short names)
 ----------------------------------------------------------------------
@@ -66,8 +66,8 @@ SF+C video + CLIP text (TVSum: I3D + CLIP). VideoLights-B = video slowfast,clip,
 clip,blip. Whatever order they are asked in, they are concatenated as I3D, SlowFast, CLIP, BLIP
 (video) and CLIP, BLIP (text): the official scripts' order.
 
-Preprocessing (data_and_eval.md 1.3, read in QD-DETR/TR-DETR/VideoLights `start_end_dataset.py`)
-------------------------------------------------------------------------------------------------
+Preprocessing (as QD-DETR's, TR-DETR's and VideoLights' `start_end_dataset.py` do it)
+--------------------------------------------------------------------------------------
 video: each stream -> first max_v_l rows -> float32 -> rows L2-normalised as x / (||x|| + 1e-5)
        -> every stream cut to the shortest -> concatenated (2304 + 512 = 2816; + BLIP 768 = 3584)
        -> + tef (2) = 2818 (3586), tef of clip i of L = [i/L, (i+1)/L] (where the clip sits in the
@@ -78,8 +78,8 @@ text:  each stream -> first max_q_l rows, L2-normalised (QVH, Charades) -> every
        TVSum: the raw `token` rows (no cut/norm), as TR-DETR.
 Lv (the official `ctx_l`) is the video length after the cut; every label below is built on it.
 
-Labels per item (the collate turns them into the batch of CONTRACT.md)
-----------------------------------------------------------------------
+Labels per item (`collate` pads them into the batch dict every model's loss reads)
+----------------------------------------------------------------------------------
 span_targets   (n, 2) normalised (center, width): windows in seconds / (Lv * clip_len)
 saliency_pos/neg  clip indices of P (positive, negative) pairs for the margin loss
 saliency_all   (Lv,) graded saliency per clip (QVH: sum of 3 annotators, 0..12) for the rank loss
@@ -104,14 +104,14 @@ VideoLights-B's 3,586-d video (SF + CLIP + BLIP-2) needs 27% more: QVH train 7.1
 Where the details come from
 ---------------------------
 QVHighlights and TVSum: the official `StartEndDataset` (QD-DETR / TR-DETR `start_end_dataset.py`,
-identical in Moment-DETR and TaskWeave for QVH) and the shared specs (data_and_eval.md sections 1
-and 3). Charades-STA: lighthouse `training/dataset.py` and CG-DETR's SF+C scripts (section 2 and 6),
-as `window_labels` explains. Layouts: lighthouse's README, `training/config.py` and
-`training/dataset.py` (d095eaa). Extra streams and pretraining: VideoLights' `start_end_dataset.py`
-and `scripts/{qvhl,charades_sta,tvsum,pretrain}/*.sh` (videolights.md sections 2 and 5). UMT's
-annotation files: `_tvsum_annotations_from_umt`. Each place where we differ from the official
-code on purpose says so next to the code, and the parity checks run against the official loaders
-are described in the label functions' docstrings.
+identical in Moment-DETR and TaskWeave for QVH). Charades-STA: lighthouse `training/dataset.py`
+and CG-DETR's SF+C scripts, as `window_labels` explains. Layouts: lighthouse's README,
+`training/config.py` and `training/dataset.py` (d095eaa). Extra streams and pretraining:
+VideoLights' `start_end_dataset.py`, `scripts/{qvhl,charades_sta,tvsum,pretrain}/*.sh` and its
+generator `extract_feature/pretrain_data_generator_using_blip2.py`. UMT's annotation files:
+`_tvsum_annotations_from_umt`. Each place where we differ from the official code on purpose says
+so next to the code, and the parity checks run against the official loaders are described in the
+label functions' docstrings.
 """
 import argparse
 import dataclasses
@@ -141,7 +141,7 @@ SYNTHETIC_DIMS = {"slowfast": 128, "clip": 64, "text": 64}
 # The optional stand-ins for VideoLights-B's BLIP-2 streams (written with `blip=True` only, so the
 # default set, and the numbers measured on it, stay exactly as they were).
 SYNTHETIC_BLIP_DIMS = {"video": 48, "text": 48}
-# The QVHighlights-sized set of the speed benchmark (train.py --benchmark): the real release's
+# The QVHighlights-sized set of the speed benchmark (tools/compare.py --benchmark): the real release's
 # query counts (train / val) and feature dims. Same generator, same QVH file names, so it is read
 # with the real QVHighlights spec (--data qvh) and the models' QVH configs, exactly as the release.
 QVH_SIZED = {"n_train": 7218, "n_val": 1550, "dims": {"slowfast": 2304, "clip": 512, "text": 512}}
@@ -939,7 +939,7 @@ def _pad(sequences, fill=0.0):
 
 
 def collate(items):
-    """Items -> the batch dict of CONTRACT.md (padding is 0 everywhere, masks True = real)."""
+    """Items -> the batch dict the models and losses read (padding 0, masks True = real clip)."""
     video_feats, video_mask = _pad([it["video_feats"] for it in items])       # (B, Lv, Dv)
     query_feats, query_mask = _pad([it["query_feats"] for it in items])       # (B, Lq, Dq)
     saliency_all, _ = _pad([it["saliency_all"] for it in items])              # (B, Lv)
@@ -1293,9 +1293,10 @@ def ensure_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_
 
 # ----------------------------------------------------------------------------- synthetic pretrainin
 #
-# The stand-in for VideoLights' "-pt" corpus (videolights.md section 5): there, every 10 s of a
-# video was captioned by an image captioner, and each caption became a query whose window is those
-# 10 s. Here, with the world (concepts, projections) of the same seed as the fine-tuning set: a
+# The stand-in for VideoLights' "-pt" corpus (made by its
+# `extract_feature/pretrain_data_generator_using_blip2.py`): there, every 10 s of a video was
+# captioned by an image captioner, and each caption became a query whose window is those 10 s.
+# Here, with the world (concepts, projections) of the same seed as the fine-tuning set: a
 # 150-s video is a sequence of 15 segments of 10 s (5 clips), each showing one random concept at
 # strength 0.5..1 (the same concept can come back later in the video, so some "captions" also fit
 # other segments: the labels are noisy, as real captions are); one line per segment, its tokens
