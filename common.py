@@ -23,6 +23,7 @@ Conventions used everywhere in this repository:
   - Masks are True (or 1) on valid clips and tokens.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -77,7 +78,11 @@ def generalized_temporal_iou(spans1, spans2):
         giou: (N, M)
     """
     spans1, spans2 = spans1.float(), spans2.float()
-    if not (spans1[:, 1] >= spans1[:, 0]).all() or not (spans2[:, 1] >= spans2[:, 0]).all():
+    # Checked on the CPU only: on a GPU the check would stall every step until the GPU catches up
+    # (a host sync), and there the spans come from the model (width >= 0 by construction) and from
+    # data.py, which checks every annotated window when it loads it.
+    if spans1.device.type == "cpu" and not ((spans1[:, 1] >= spans1[:, 0]).all()
+                                            and (spans2[:, 1] >= spans2[:, 0]).all()):
         raise ValueError("common.py generalized_temporal_iou: every span must have end >= start "
                          "(did you pass (center, width) spans? convert with span_cxw_to_xx)")
     iou, union = temporal_iou(spans1, spans2)
@@ -123,13 +128,13 @@ class HungarianMatcher(nn.Module):
             pred_spans: (B, Nq, 2) predicted spans, normalised (center, width).
             span_targets: list of B tensors (n_i, 2), normalised (center, width). n_i may be 0.
         Returns:
-            A list of B pairs (pred_idx, tgt_idx) of int64 tensors, each of length min(Nq, n_i):
-            prediction pred_idx[k] of sample i is matched to its target tgt_idx[k]. Every query not
-            listed is a "no moment" query.
+            A list of B pairs (pred_idx, tgt_idx) of int64 tensors on the predictions' device, each
+            of length min(Nq, n_i): prediction pred_idx[k] of sample i is matched to its target
+            tgt_idx[k]. Every query not listed is a "no moment" query.
         """
         batch_size, num_queries = pred_spans.shape[:2]
         sizes = [len(t) for t in span_targets]
-        empty = torch.empty(0, dtype=torch.int64)
+        empty = torch.empty(0, dtype=torch.int64, device=pred_spans.device)
         if sum(sizes) == 0:
             return [(empty, empty) for _ in range(batch_size)]
 
@@ -146,8 +151,14 @@ class HungarianMatcher(nn.Module):
 
         # Sample i only competes for its own targets: its slice of the target axis.
         indices = [linear_sum_assignment(block[i]) for i, block in enumerate(cost.split(sizes, -1))]
-        return [(torch.as_tensor(q, dtype=torch.int64), torch.as_tensor(t, dtype=torch.int64))
-                for q, t in indices]
+        # Back to the device in ONE copy (not two per sample): every later use indexes device
+        # tensors with them, and each separate small copy would be another wait for the GPU.
+        flat = torch.as_tensor(np.concatenate([a for pair in indices for a in pair]), dtype=torch.int64)
+        if pred_spans.device.type == "cuda" and torch.cuda.is_available():
+            flat = flat.pin_memory()                  # page-locked: the copy need not block
+        flat = flat.to(pred_spans.device, non_blocking=True)
+        pieces = flat.split([len(a) for pair in indices for a in pair])
+        return list(zip(pieces[0::2], pieces[1::2]))
 
 
 def matched_prediction_index(indices):
@@ -176,10 +187,8 @@ def span_losses(pred_spans, span_targets, indices):
     if len(query_idx) == 0:
         zero = pred_spans.sum() * 0.0
         return zero, zero
-    query_idx = query_idx.to(pred_spans.device)
-    batch_idx = batch_idx.to(pred_spans.device)
     matched = pred_spans[batch_idx, query_idx]                                    # (M, 2)
-    targets = torch.cat([t[j.to(t.device)] for t, (_, j) in zip(span_targets, indices)])  # (M, 2)
+    targets = torch.cat([t[j] for t, (_, j) in zip(span_targets, indices)])       # (M, 2)
     targets = targets.to(matched)
     loss_l1 = F.l1_loss(matched, targets, reduction="none").mean()
     giou = generalized_temporal_iou(span_cxw_to_xx(matched), span_cxw_to_xx(targets))  # (M, M)
@@ -212,7 +221,7 @@ def matched_query_labels(pred_logits, indices, foreground_index=0):
     batch_idx, query_idx = matched_prediction_index(indices)
     labels = torch.full(pred_logits.shape[:2], 1 - foreground_index, dtype=torch.int64,
                         device=pred_logits.device)                     # (B, Nq), all background
-    labels[batch_idx.to(labels.device), query_idx.to(labels.device)] = foreground_index
+    labels[batch_idx, query_idx] = foreground_index
     return labels
 
 
@@ -251,7 +260,8 @@ def label_cross_entropy(pred_logits, indices, eos_coef=0.1):
         a scalar.
     """
     labels = matched_query_labels(pred_logits, indices, foreground_index=0)        # (B, Nq)
-    class_weight = torch.tensor([1.0, eos_coef], device=pred_logits.device)
+    # [1, eos_coef] made on the device itself (a torch.tensor(list) would be a blocking copy)
+    class_weight = torch.where(torch.arange(2, device=pred_logits.device) == 0, 1.0, eos_coef)
     loss = F.cross_entropy(pred_logits.transpose(1, 2), labels, weight=class_weight,
                            reduction="none")                                 # (B, Nq)
     return loss.mean()
@@ -313,8 +323,8 @@ def saliency_rank_contrastive_loss(saliency, saliency_labels, video_mask, tau=0.
     total = saliency.new_zeros(())
     for level in range(1, 12):
         positives = labels >= level                                  # (B, L)
-        if positives.sum() == 0:                                     # nobody reaches this level
-            continue
+        # A level nobody reaches adds exactly 0 (has_positive is 0 everywhere), so there is no
+        # `if positives.sum() == 0: continue` (on a GPU each such test waits for the GPU).
         has_positive = (positives.sum(1) > 0).to(saliency.dtype)     # (B,)
         logits = scores / tau
         logits = logits - logits.max(dim=1, keepdim=True)[0]         # for numerical stability

@@ -840,6 +840,24 @@ class MomentDataset(torch.utils.data.Dataset):
                        tqdm(vids, desc=f"{spec.name} {split}: videos", disable=not show)}
         self.texts = {qid: load_text(spec, feat_root, qid) for qid in
                       tqdm(qids, desc=f"{spec.name} {split}: queries", disable=not show)}
+        # Checked here, once: the models check it only on the CPU (on a GPU every step would wait
+        # for the answer), and an all-padding row would make their attention softmax NaN.
+        for kind, store in (("video has no clips", self.videos), ("query has no tokens", self.texts)):
+            empty = [key for key, t in store.items() if len(t) == 0]
+            if empty:
+                raise FeatureError(f"{spec.name} {split}: {kind} in its feature file(s) under "
+                                   f"{feat_root}: {empty[:5]}")
+
+    def to(self, device):
+        """Move every feature to `device` (a GPU): batches are then assembled there, and a
+        training step copies no features from the host. Returns self."""
+        self.videos = {vid: v.to(device) for vid, v in self.videos.items()}
+        self.texts = {qid: t.to(device) for qid, t in self.texts.items()}
+        return self
+
+    def feature_bytes(self):
+        return sum(t.numel() * t.element_size()
+                   for t in list(self.videos.values()) + list(self.texts.values()))
 
     @property
     def video_dim(self):
@@ -931,7 +949,7 @@ def _pad(sequences, fill=0.0):
     True on real rows (the one mask convention of this repository)."""
     longest = max(len(s) for s in sequences)
     out = sequences[0].new_full((len(sequences), longest) + tuple(sequences[0].shape[1:]), fill)
-    mask = torch.zeros(len(sequences), longest, dtype=torch.bool)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.bool, device=out.device)
     for i, s in enumerate(sequences):
         out[i, :len(s)] = s
         mask[i, :len(s)] = True

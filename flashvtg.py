@@ -442,7 +442,7 @@ class AdaptivePooling(nn.Module):
         return (logits.softmax(dim=1)[..., None] * words).sum(1)                  # (B, d)
 
 
-def make_points(level_sizes, strides):
+def make_points(level_sizes, strides, device=None):
     """Every candidate position of the pyramid, in clip units of level 1 (R2-Tuning's
     PointGenerator, without the half-stride offset).
 
@@ -452,13 +452,14 @@ def make_points(level_sizes, strides):
     The ranges chain the strides: (0, s_2), (s_2, s_3), ..., (s_K, inf), all levels of the
     configuration counted even when a short video skips the last ones.
 
-    Returns (P, 4) float, P = sum of level_sizes.
+    Returns (P, 4) float on `device`, P = sum of level_sizes. The forward builds it there
+    directly: a grid built on the CPU would be copied to the GPU at every step, and the copy waits.
     """
     edges = [0.0] + [float(s) for s in strides[1:]] + [float("inf")]
     rows = []
     for k, size in enumerate(level_sizes):
         s = float(strides[k])
-        t = torch.arange(size, dtype=torch.float32) * s
+        t = torch.arange(size, dtype=torch.float32, device=device) * s
         rows.append(torch.stack([t, torch.full_like(t, edges[k]), torch.full_like(t, edges[k + 1]),
                                  torch.full_like(t, s)], dim=1))
     return torch.cat(rows)
@@ -586,7 +587,7 @@ class FlashVTG(nn.Module):
         # --- TFL (Sec. 3.4) on ReLU(F), note 3
         video_emb = F.relu(fused)                                               # (B, Lv, d)
         levels, level_masks = self.pyramid(video_emb, video_mask)
-        points = make_points([lv.shape[1] for lv in levels], self.strides).to(fused.device)
+        points = make_points([lv.shape[1] for lv in levels], self.strides, fused.device)  # (P, 4)
 
         # --- ASR (Sec. 3.5): intra-scale per level, inter-scale over the concatenated levels
         intra = torch.cat([self.class_head(lv) for lv in levels], dim=1)        # Eq. (6)-(7) (B, P, 1)
@@ -626,7 +627,10 @@ class FlashVTG(nn.Module):
             raise ValueError(f"{where}: query_mask {tuple(query_mask.shape)} does not match "
                              f"query_feats {tuple(query_feats.shape[:2])}")
         video_mask, query_mask = video_mask.bool(), query_mask.bool()
-        if not video_mask.any(1).all() or not query_mask.any(1).all():
+        # Reading mask values on a GPU would make it wait for all queued work, so this check runs
+        # on CPU tensors only; data.py checks every loaded sample for the same thing.
+        if video_mask.device.type == "cpu" and (not video_mask.any(1).all()
+                                                or not query_mask.any(1).all()):
             raise ValueError(f"{where}: every sample needs at least one valid clip and one valid "
                              f"token (the query pooling softmax would be NaN)")
         return video_mask, query_mask
@@ -671,7 +675,8 @@ def assign_targets(points, gt_windows, sample_radius=1.5):
 
 
 def gt_windows_in_clips(span_targets, n_clips):
-    """batch["span_targets"] (n, 2) normalised (center, width) -> (n, 2) [start, end] in clips.
+    """batch["span_targets"] (n, 2) normalised (center, width) -> (n, 2) [start, end] in clips;
+    n_clips: an int or a 0-dim tensor on the spans' device.
 
     data.py normalises by n_clips * clip_len, so x n_clips gives seconds / clip_len, the official
     units. Rounded to 1e-4 clip: float error must not move an edge across a point (note 20)."""
@@ -715,26 +720,29 @@ def clip_aware_score_loss(logits, saliency_labels):
     (padding included, note 6). logits (B, Lv) = the first Lv candidates, saliency_labels (B, Lv)."""
     def normalise(x):
         span = x.max() - x.min()
-        if span == 0:                                 # all equal: official NaN, here 0 (note 22)
-            return torch.zeros_like(x)
-        return (x - x.min()) / span
+        # All equal: official 0 / 0 = NaN, here 0 (note 22). torch.where instead of `if span == 0`
+        # (which would make a GPU wait); the divisor 1 keeps the unused branch finite, so its
+        # gradient is 0, not NaN.
+        flat = span == 0
+        return torch.where(flat, 0.0, (x - x.min()) / torch.where(flat, 1.0, span))
     return F.mse_loss(normalise(logits), normalise(saliency_labels.to(logits.dtype)))
 
 
-def real_negative_rows(batch, batch_size, strip_segment, device):
-    """(B,) bool: row i is paired with row i+1's text AND row i+1 shows another video.
+def real_negative_rows(batch, batch_size, strip_segment):
+    """B Python bools: row i is paired with row i+1's text AND row i+1 shows another video.
 
     QVHighlights vids are "<youtube id>_<start>_<end>" (150-s segments); with strip_segment two
     segments of one YouTube video count as the same video, as in the official 'hl' setting.
-    Batches without meta (hand-built tests) count every row as a different video."""
+    Batches without meta (hand-built tests) count every row as a different video. A list, not a
+    tensor: the vids are on the host, so the loss can branch on it without waiting for a GPU."""
     metas = batch.get("meta")
     if metas is None:
-        return torch.full((batch_size,), batch_size > 1, device=device)
+        return [batch_size > 1] * batch_size
     vids = [m["vid"] for m in metas]
     if strip_segment:
         vids = [v.rsplit("_", 2)[0] for v in vids]
     rolled = vids[1:] + vids[:1]
-    return torch.tensor([a != b for a, b in zip(vids, rolled)], device=device)
+    return [a != b for a, b in zip(vids, rolled)]
 
 
 def saliency_composite_loss(outputs, batch, cfg):
@@ -755,27 +763,32 @@ def saliency_composite_loss(outputs, batch, cfg):
     mask, labels = outputs["video_mask"], batch["saliency_all"].to(s.dtype)
     pos, neg = batch["saliency_pos"], batch["saliency_neg"]
     tau, margin = cfg.rank_tau, cfg.saliency_margin
-    if "saliency_neg" in outputs:
-        real = real_negative_rows(batch, len(s), cfg.neg_strip_segment, s.device)
-    else:
-        real = torch.zeros(len(s), dtype=torch.bool, device=s.device)
-    other = ~real
+    B = len(s)
+    real = real_negative_rows(batch, B, cfg.neg_strip_segment) if "saliency_neg" in outputs \
+        else [False] * B
+    n_real = sum(real)
 
     main = saliency_margin_loss(s, pos, neg, margin)
     attn = saliency_margin_loss(a, pos, neg, margin)
     attn = attn + F.binary_cross_entropy(a.reshape(-1), labels.clamp(0, 1).reshape(-1))
-    if real.any():
-        s_neg, a_neg = outputs["saliency_neg"][real], outputs["t2v_neg"][real]
-        main = main + neg_pair_loss(s_neg, mask[real])                  # -log(1 - sigmoid(s_neg))
-        main = main + saliency_rank_contrastive_loss(s[real], labels[real], mask[real], tau, s_neg)
-        if other.sum() >= 2:
+    if n_real > 0:
+        # The rows are known on the host, so the GPU never has to report them: they are picked
+        # with index tensors (x[bool_mask] would wait for the GPU to count the kept rows). The
+        # same rows in the same order as a mask would give: the same numbers.
+        rows = [i for i in range(B) if real[i]] + [i for i in range(B) if not real[i]]
+        rows = torch.tensor(rows).to(s.device, non_blocking=True)      # (B,) real rows first
+        r, o = rows[:n_real], rows[n_real:]                            # real rows, the others
+        s_neg, a_neg = outputs["saliency_neg"][r], outputs["t2v_neg"][r]
+        main = main + neg_pair_loss(s_neg, mask[r])                     # -log(1 - sigmoid(s_neg))
+        main = main + saliency_rank_contrastive_loss(s[r], labels[r], mask[r], tau, s_neg)
+        if B - n_real >= 2:
             # Exactly one such row: the official code turns it into a (1, 1, Lv) tensor, so its
             # softmax runs over a single element and the term is ~1e-6; we reproduce it as 0
             # (note 13).
-            main = main + saliency_rank_contrastive_loss(s[other], labels[other], mask[other], tau)
+            main = main + saliency_rank_contrastive_loss(s[o], labels[o], mask[o], tau)
         # a_neg is already a probability: no sigmoid here.
-        attn = attn + (-torch.log1p(-a_neg) * mask[real]).sum(1).mean()
-        attn = attn + saliency_rank_contrastive_loss(a[real], labels[real], mask[real], tau, a_neg)
+        attn = attn + (-torch.log1p(-a_neg) * mask[r]).sum(1).mean()
+        attn = attn + saliency_rank_contrastive_loss(a[r], labels[r], mask[r], tau, a_neg)
     else:
         main = main + saliency_rank_contrastive_loss(s, labels, mask, tau)
         attn = attn + saliency_rank_contrastive_loss(a, labels, mask, tau)
@@ -789,10 +802,10 @@ class FlashVTGLoss(nn.Module):
               + 0.8 * saliency composite + 4 * CAS
 
     forward(outputs, batch, epoch=None) -> (total, terms): the terms are the WEIGHTED values as
-    floats, plus "loss_overall". Names as in the official log: loss_reg, loss_cls, loss_sal,
-    loss_saliency, loss_label. On TVSum (mr_loss False) there is no loss_reg and loss_cls is a BCE
-    of the logits against the raw saliency labels (0..12; targets above 1, as the official run:
-    notes 14-15).
+    detached 0-dim tensors, plus "loss_overall". Names as in the official log: loss_reg,
+    loss_cls, loss_sal, loss_saliency, loss_label. On TVSum (mr_loss False) there is no loss_reg
+    and loss_cls is a BCE of the logits against the raw saliency labels (0..12; targets above 1,
+    as the official run: notes 14-15).
     """
 
     def __init__(self, cfg):
@@ -809,19 +822,22 @@ class FlashVTGLoss(nn.Module):
         terms = {}
 
         if cfg.mr_loss:
-            # --- label assignment, one video at a time (its own GT windows, in clips)
-            n_clips = video_mask.sum(1).tolist()
+            # --- label assignment, one video at a time (its own GT windows, in clips); the clip
+            # counts stay 0-dim device tensors (an int per video would make the GPU wait)
+            n_clips = video_mask.sum(1)                                          # (B,)
             assigned = [assign_targets(outputs["points"],
-                                       gt_windows_in_clips(spans, n).to(logits.device),
+                                       gt_windows_in_clips(spans.to(logits.device), n),
                                        cfg.sample_radius)
                         for spans, n in zip(batch["span_targets"], n_clips)]
             cls_tgt = torch.stack([c for c, _ in assigned])                      # (B, P)
             reg_tgt = torch.stack([r for _, r in assigned])                      # (B, P, 2)
-            positive = cls_tgt.bool()
-            # L1 in exp space on the positive points, averaged over 2 x #positives (note 22)
-            if positive.any():
-                loss_reg = (outputs["distances"][positive] - reg_tgt[positive]).abs().sum() \
-                    / (2 * positive.sum())
+            # L1 in exp space on the positive points, averaged over 2 x #positives (note 22).
+            # Finding the positives is this loss's one GPU sync per step: a masked sum over all
+            # points would add the same terms in another order, so round differently.
+            video_idx, point_idx = cls_tgt.nonzero(as_tuple=True)                # (n_pos,) each
+            if len(video_idx) > 0:
+                error = outputs["distances"][video_idx, point_idx] - reg_tgt[video_idx, point_idx]
+                loss_reg = error.abs().sum() / (2 * len(video_idx))
             else:
                 loss_reg = outputs["distances"].sum() * 0.0
             terms["loss_reg"] = cfg.lw_reg * loss_reg
@@ -840,8 +856,10 @@ class FlashVTGLoss(nn.Module):
         terms["loss_label"] = cfg.label_loss_coef * clip_aware_score_loss(logits[:, :Lv], labels_hd)
 
         total = sum(terms.values())
-        logged = {k: v.detach().item() for k, v in terms.items()}
-        logged["loss_overall"] = total.detach().item()
+        # Detached 0-dim tensors, not floats: .item() per term would make the GPU wait at every
+        # step; the loop sums them on the device and reads them once per epoch.
+        logged = {k: v.detach() for k, v in terms.items()}
+        logged["loss_overall"] = total.detach()
         return total, logged
 
 

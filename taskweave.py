@@ -695,7 +695,11 @@ class TaskWeave(nn.Module):
             raise ValueError(f"{where}: query_mask {tuple(query_mask.shape)} does not match "
                              f"query_feats {tuple(query_feats.shape[:2])}")
         video_mask, query_mask = video_mask.bool(), query_mask.bool()
-        if not video_mask.any(1).all() or not query_mask.any(1).all():
+        # The shape checks above read host metadata; this one reads the masks' VALUES, which on a
+        # GPU would stall every step until the device catches up. data.py refuses a sample without
+        # a clip or a token when it loads it, so off the CPU we rely on that check.
+        if video_mask.device.type == "cpu" and (not video_mask.any(1).all()
+                                                 or not query_mask.any(1).all()):
             raise ValueError(f"{where}: every sample needs at least one valid clip and one valid "
                              f"token (an all-padding row would make the attention softmax NaN)")
         return video_mask, query_mask
@@ -716,10 +720,11 @@ class TaskWeaveLoss(nn.Module):
     loss, and a task whose loss is large (uncertain) is trusted less. The "+ gamma" terms stop the
     trivial solution gamma -> infinity.
 
-    forward(outputs, batch, epoch=None) -> (total, terms). `terms` (floats, for logging): the raw MR
-    terms (which enter L_mr with coefficient 1; the official log shows them x10/x1/x4 instead),
-    loss_saliency = L_hd, loss_mr, the effective weights weight_mr = exp(-gamma_mr) and weight_hd =
-    2 exp(-gamma_hd), gamma_mr, gamma_hd, and loss_overall = L, so that
+    forward(outputs, batch, epoch=None) -> (total, terms). `terms` (detached 0-dim tensors, for
+    logging): the raw MR terms (which enter L_mr with coefficient 1; the official log shows them
+    x10/x1/x4 instead), loss_saliency = L_hd, loss_mr, the effective weights
+    weight_mr = exp(-gamma_mr) and weight_hd = 2 exp(-gamma_hd), gamma_mr, gamma_hd, and
+    loss_overall = L, so that
     loss_overall = weight_mr * loss_mr + weight_hd * loss_saliency + gamma_mr + gamma_hd.
     With loss_fusion="weighted" the total is QD-DETR's 10 L1 + 1 GIoU + 4 CE (+ aux) + 1 L_hd.
     """
@@ -756,8 +761,10 @@ class TaskWeaveLoss(nn.Module):
                                                     cfg.rank_tau, saliency_neg=saliency_neg)
                    + neg_pair_loss(saliency_neg, video_mask))
 
-        terms = {k: v.detach().item() for k, v in mr_terms.items()}
-        terms["loss_saliency"] = loss_hd.detach().item()
+        # The logged terms stay detached tensors on the loss's device: a float() here would make
+        # the host wait for the GPU at every step. The loop adds them up on the device.
+        terms = {k: v.detach() for k, v in mr_terms.items()}
+        terms["loss_saliency"] = loss_hd.detach()
         if cfg.loss_fusion == "weighted":
             coef = {"loss_span": cfg.span_loss_coef, "loss_giou": cfg.giou_loss_coef,
                     "loss_label": cfg.label_loss_coef}
@@ -768,14 +775,15 @@ class TaskWeaveLoss(nn.Module):
             gamma_mr, gamma_hd = outputs["gamma_mr"].squeeze(), outputs["gamma_hd"].squeeze()
             weight_hd = cfg.joint_hd_factor * torch.exp(-gamma_hd)
             total = weight_hd * loss_hd + gamma_hd                         # Eq. (8) as run
-            terms.update(weight_hd=weight_hd.item(), gamma_hd=gamma_hd.item())
+            # clone(): a detached gamma is a view of the parameter, which optimizer.step() changes
+            terms.update(weight_hd=weight_hd.detach(), gamma_hd=gamma_hd.detach().clone())
             if mr_terms:          # TVSum has no moments: no MR half at all (note 19)
                 loss_mr = sum(mr_terms.values())
                 weight_mr = torch.exp(-gamma_mr)
                 total = total + weight_mr * loss_mr + gamma_mr             # Eq. (5) as run; Eq. (9)
-                terms.update(loss_mr=loss_mr.item(), weight_mr=weight_mr.item(),
-                             gamma_mr=gamma_mr.item())
-        terms["loss_overall"] = total.detach().item()
+                terms.update(loss_mr=loss_mr.detach(), weight_mr=weight_mr.detach(),
+                             gamma_mr=gamma_mr.detach().clone())
+        terms["loss_overall"] = total.detach()
         return total, terms
 
 

@@ -2653,9 +2653,8 @@ def test_flashvtg_negative_rows_follow_the_video_ids(flashvtg_one_thread):
     # the whole vid.
     batch = {"meta": [{"vid": "abc_def_30.0_180.0"}, {"vid": "abc_def_180.0_330.0"},
                       {"vid": "x_0_150"}]}
-    real = flashvtg.real_negative_rows(batch, 3, True, "cpu")
-    assert real.tolist() == [False, True, True]
-    assert flashvtg.real_negative_rows(batch, 3, False, "cpu").tolist() == [True, True, True]
+    assert flashvtg.real_negative_rows(batch, 3, True) == [False, True, True]
+    assert flashvtg.real_negative_rows(batch, 3, False) == [True, True, True]
     # The negative pass is the matched pass of each video with the NEXT sample's query (and that
     # query's encoded dummies).
     torch.manual_seed(0)
@@ -3146,9 +3145,134 @@ def test_amp_run_records_its_precision_and_refuses_gpus_without_bfloat16(tmp_pat
     assert json.loads((tmp_path / "amp" / "timing.json").read_text())["amp"] is True
     assert torch.load(tmp_path / "amp" / "last.ckpt", weights_only=False)["amp"] is True
     assert json.loads((tmp_path / "amp" / "metrics.json").read_text())["brief"]["MR-full-mAP"] >= 0
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    # V100 / T4 (compute capability 7.x) only emulate bfloat16, which torch.cuda.is_bf16_supported()
+    # counts as support: --amp goes by the capability instead.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))
     with pytest.raises(SystemExit, match="no bfloat16 support"):
         train.check_amp(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    train.check_amp(torch.device("cuda"))                           # Ampere: accepted
+
+
+def test_resume_restores_the_cuda_rng_states_this_machine_has(monkeypatch):
+    # A checkpoint from a machine with 2 GPUs resumed on one with 1: the first state is restored,
+    # the second has no GPU to go to (it raised IndexError before).
+    state = train.rng_state(torch.Generator().manual_seed(0))
+    state["cuda"] = [torch.full((8,), 1, dtype=torch.uint8), torch.full((8,), 2, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    train.set_rng_state(state, torch.Generator())
+    assert restored == [(1, 0)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)     # more GPUs than states: 2 restored
+    restored.clear()
+    train.set_rng_state(state, torch.Generator())
+    assert restored == [(1, 0), (2, 1)]
+
+
+def test_precision_determinism_and_compile_are_explicit_options(tmp_path, monkeypatch):
+    root = _tiny_synthetic(tmp_path / "syn")
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)
+    assert train.main(_train_args(root, tmp_path / "a", "--epochs", "1", "--deterministic",
+                                  "--tf32", "--compile")) == 0
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert len(compiled) == 1 and isinstance(compiled[0], trdetr.TRDETR)
+    # Without the flags: full float32 (cuDNN's own default would be TF32), default algorithms.
+    assert train.main(_train_args(root, tmp_path / "b", "--epochs", "1")) == 0
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert len(compiled) == 1
+    # The options change no number on the CPU: the same run, the same log.
+    strip = lambda p: [l.split(" ", 2)[0] + l.split("s lr", 1)[-1] for l in p.read_text().splitlines()]
+    assert strip(tmp_path / "a" / "log.txt") == strip(tmp_path / "b" / "log.txt")
+
+
+def test_batches_reach_the_device_in_few_copies_and_features_can_stay_there():
+    items = [{"video_feats": torch.rand(n, 6), "query_feats": torch.rand(3, 4),
+              "saliency_all": torch.rand(n), "relevant_mask": torch.ones(n),
+              "span_targets": torch.rand(k, 2), "saliency_pos": [0, 1], "saliency_neg": [2, 3],
+              "meta": {"qid": i}} for i, (n, k) in enumerate([(5, 1), (7, 0), (4, 3)])]
+    batch = data.collate(items)
+    moved = train.to_device(batch, torch.device("cpu"))
+    assert [t.tolist() for t in moved["span_targets"]] == [t.tolist() for t in batch["span_targets"]]
+    assert moved["meta"] == batch["meta"]
+    # Features kept on a device (here 'meta', which has no data): batches are built there.
+    on_device = data.collate([{**it, "video_feats": it["video_feats"].to("meta"),
+                               "query_feats": it["query_feats"].to("meta")} for it in items])
+    assert on_device["video_feats"].device.type == on_device["video_mask"].device.type == "meta"
+    assert on_device["query_mask"].device.type == "meta"
+    assert not train.keep_on_device("on", torch.device("cpu"), [])   # never on the CPU
+
+
+_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU "
+                           "(python tools/gpu_check.py runs these and the GPU benchmark)")
+
+
+@_cuda
+@pytest.mark.parametrize("model_name", ["trdetr", "taskweave", "videolights", "flashvtg"])
+@pytest.mark.parametrize("options", [[], ["--amp"], ["--keep-on-device", "off"]],
+                         ids=["fp32", "amp", "features_on_host"])
+def test_cuda_every_model_trains_and_evaluates(tmp_path, model_name, options):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    args = ["--model", model_name, "--data", "synthetic", "--feat-root", str(root), "--device",
+            "cuda", "--results-dir", str(run_dir), "--no-progress", "--batch-size", "8",
+            "--epochs", "2", "--eval-every", "1", *SMALL_MODEL, *options]
+    assert train.main(args) == 0
+    log = (run_dir / "log.txt").read_text()
+    assert "nan" not in log and log.count("eval epoch") >= 2
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert timing["device"] == "cuda" and timing["device_name"] and timing["peak_memory_mib"] > 0
+    assert torch.load(run_dir / "last.ckpt", weights_only=False, map_location="cpu")["epoch"] == 2
+    assert train.main(["--model", model_name, "--data", "synthetic", "--feat-root", str(root),
+                       "--device", "cuda", "--no-progress", "--eval-only", "--resume",
+                       str(run_dir / "best.ckpt")]) == 0
+
+
+@_cuda
+def test_cuda_checkpoints_move_between_gpu_and_cpu(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
+    assert train.main(_train_args(root, gpu, "--epochs", "1", "--device", "cuda")) == 0
+    shutil.copytree(gpu, cpu)
+    # GPU -> CPU: resumed on the CPU for a second epoch; CPU -> GPU: a third, back on the GPU.
+    assert train.main(_train_args(root, cpu, "--epochs", "2", "--device", "cpu",
+                                  "--resume", str(cpu / "last.ckpt"))) == 0
+    assert train.main(_train_args(root, cpu, "--epochs", "3", "--device", "cuda",
+                                  "--resume", str(cpu / "last.ckpt"))) == 0
+    epochs = [l.split()[1] for l in (cpu / "log.txt").read_text().splitlines() if l.startswith("epoch ")]
+    assert epochs == ["1", "2", "3"]
+
+
+@_cuda
+@pytest.mark.parametrize("module", [trdetr, taskweave, videolights, flashvtg],
+                         ids=["trdetr", "taskweave", "videolights", "flashvtg"])
+def test_cuda_forward_agrees_with_the_cpu(tmp_path, module):
+    # Full float32 on both (TF32 off, the default): the GPU's outputs equal the CPU's within 1e-4
+    # (different kernels sum in different orders; nothing else may differ).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    root = _tiny_synthetic(tmp_path / "syn")
+    dataset = data.load_dataset(data.dataset_spec("synthetic", None), root, "val", progress=False)
+    batch = data.collate([dataset[i] for i in range(8)])
+    cfg = dataclasses.replace(module.default_config("synthetic"), hidden_dim=32,
+                              dim_feedforward=64, nheads=4)
+    torch.manual_seed(0)
+    model, _ = module.build(cfg, dataset.video_dim, dataset.text_dim)
+    model.eval()
+    with torch.no_grad():
+        on_cpu = module.predict(model(batch["video_feats"], batch["video_mask"], batch["query_feats"],
+                                      batch["query_mask"]), batch["video_mask"])
+        gpu_batch = train.to_device(batch, torch.device("cuda"))
+        on_gpu = module.predict(model.cuda()(gpu_batch["video_feats"], gpu_batch["video_mask"],
+                                             gpu_batch["query_feats"], gpu_batch["query_mask"]),
+                                gpu_batch["video_mask"])
+    assert torch.allclose(on_cpu[1], on_gpu[1].cpu(), atol=1e-4)                # saliency
+    for w_cpu, w_gpu in zip(on_cpu[0], on_gpu[0]):                                # windows
+        assert w_cpu.shape == w_gpu.shape and torch.allclose(w_cpu, w_gpu.cpu(), atol=1e-4)
 
 
 def test_summary_counts_the_extra_feature_streams(capsys):
@@ -3467,6 +3591,12 @@ def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys
         tvsum_tool.main(["summary", runs[0], runs[0]])
     with pytest.raises(SystemExit, match="no .*tvsum_table.json"):
         tvsum_tool.main(["summary", str(tmp_path / "nothing")])
+
+
+def test_gpu_check_refuses_clearly_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device visible"):
+        _tool("gpu_check").main([])
 
 
 def test_prediction_svg_draws_what_it_says():

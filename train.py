@@ -28,6 +28,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import random
 import resource
@@ -107,6 +108,14 @@ def parse_args(argv=None):
     a("--device", help="e.g. cpu or cuda (default: cuda when available)")
     a("--amp", action="store_true", help="train the forward under bfloat16 autocast (Ampere+ "
       "GPUs, CPUs with AMX/AVX512-BF16); loss, optimiser and evaluation stay float32")
+    a("--tf32", action="store_true", help="let float32 matmuls and convolutions use TF32 on "
+      "Ampere+ GPUs (faster, ~1e-3 relative error); default: full float32")
+    a("--deterministic", action="store_true", help="deterministic GPU kernels where torch has them "
+      "(slower; it warns about any op without one): a resumed GPU run then repeats exactly")
+    a("--compile", action="store_true", help="torch.compile the model for training (minutes of "
+      "compilation first; a GPU question: slower on a 2-core CPU)")
+    a("--keep-on-device", choices=["auto", "on", "off"], default="auto", help="keep the splits' "
+      "features in GPU memory, so a step copies no features (auto: on a GPU, when they fit)")
     a("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -159,7 +168,9 @@ def set_rng_state(state, loader_gen):
     torch.set_rng_state(state["torch"])
     loader_gen.set_state(state["loader"])
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Saved on a machine with another number of GPUs: restore the ones this machine has.
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_atomic(obj, path):
@@ -169,8 +180,16 @@ def save_atomic(obj, path):
 
 
 def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else
-            [t.to(device) for t in v] if k == "span_targets" else v for k, v in batch.items()}
+    """The batch on `device`. non_blocking: from the DataLoader's page-locked (pinned) memory the
+    copies run beside the GPU's work; the B span-target tensors travel as one."""
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if "span_targets" in batch:
+        flat = torch.cat(batch["span_targets"])                         # (sum of n_i, 2)
+        if device.type == "cuda" and torch.cuda.is_available():
+            flat = flat.pin_memory()
+        sizes = [len(t) for t in batch["span_targets"]]
+        out["span_targets"] = list(flat.to(device, non_blocking=True).split(sizes))
+    return out
 
 
 def to_float32(outputs):
@@ -184,14 +203,47 @@ def to_float32(outputs):
     return outputs.float() if is_half else outputs
 
 
+def setup_device(args):
+    """The device, and the numerics made explicit instead of torch's defaults (which let cuDNN
+    convolutions use TF32 on Ampere+ GPUs, and pick nondeterministic CUDA kernels)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.amp:
+        check_amp(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    if args.deterministic:        # cuBLAS needs this before its first call to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(args.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return device
+
+
 def check_amp(device):
     """--amp is bfloat16: float32's exponent range, so no loss scaling, and the models' large
-    negative attention-mask fills stay finite (float16 would overflow them)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    negative attention-mask fills stay finite (float16 would overflow them). Pre-Ampere GPUs
+    (V100, T4) only emulate it, slowly, which torch.cuda.is_bf16_supported() counts as support."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         raise SystemExit("--amp: this GPU has no bfloat16 support (it needs Ampere or newer); "
                          "train without --amp")
     if device.type not in ("cuda", "cpu"):
         raise SystemExit(f"--amp: supported on cuda and cpu, not {device.type}")
+
+
+def keep_on_device(choice, device, datasets):
+    """--keep-on-device: "auto" keeps the splits' features on a GPU when they take under half of
+    its free memory (QVHighlights train + val: ~7 GB in float32), leaving the rest to the model."""
+    if choice == "off" or device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    needed = sum(d.feature_bytes() for d in datasets)
+    if choice == "on" or needed < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        print(f"features on {device}: {needed / 2 ** 30:.2f} GiB")
+        return True
+    return False
+
+
+def pin(dataset, device):
+    """Page-locked batches (a non-blocking copy needs them) when features stay on the host."""
+    on_host = next(iter(dataset.videos.values())).device.type == "cpu"
+    return device.type == "cuda" and torch.cuda.is_available() and on_host
 
 
 def count_parameters(model):
@@ -279,10 +331,13 @@ def claim_results_dir(results_dir):
 
 def train_one_epoch(model, criterion, loader, optimizer, cfg, device, epoch, amp=False, show=True):
     """One pass over the train split. Returns the mean of each logged loss term and the seconds
-    spent waiting for batches (collate + host-to-device copy)."""
+    spent waiting for batches (collate + host-to-device copy).
+
+    Nothing in a step waits for the GPU: the loss terms (0-dim tensors) are summed on the device
+    and read once, at the end of the epoch; only the progress bar reads the loss every step."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums, steps, loading = {}, 0, 0.0
+    names, sums, steps, loading = None, None, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show)
     t_wait = time.time()
     for batch in bar:
@@ -295,20 +350,23 @@ def train_one_epoch(model, criterion, loader, optimizer, cfg, device, epoch, amp
                             batch["query_feats"], batch["query_mask"], epoch=epoch - 1)
         outputs = to_float32(outputs) if amp else outputs
         loss, terms = criterion(outputs, batch, epoch=epoch - 1)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss at epoch {epoch}, step {steps + 1} ({terms})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v
+        names = names or sorted(terms)
+        # float64, as Python floats summed them: the logged means are the same to the last digit
+        values = torch.stack([terms[k].detach() for k in names]).double()     # (n_terms,)
+        sums = values if sums is None else sums + values
         steps += 1
         if show:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         t_wait = time.time()
-    return {k: v / max(steps, 1) for k, v in sums.items()}, loading
+    means = dict(zip(names, (sums / steps).tolist())) if steps else {}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise TrainingError(f"non-finite loss in epoch {epoch} (epoch means: {means})")
+    return means, loading
 
 
 @torch.no_grad()
@@ -319,7 +377,7 @@ def predict_split(model, module, dataset, cfg, device, data_name, show_progress=
     (its ties matter to the official HD mAP); TVSum is HD only and ranks the raw scores."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False,
-                                         collate_fn=data.collate)
+                                         collate_fn=data.collate, pin_memory=pin(dataset, device))
     rows = []
     for batch in tqdm(loader, desc="  predict", leave=False, disable=not show_progress):
         batch = to_device(batch, device)
@@ -406,9 +464,7 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                          f"--results-dir")
     lock = claim_results_dir(results_dir)
     try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if args.amp:
-            check_amp(device)
+        device = setup_device(args)
         seed_everything(cfg.seed)
         show = not args.no_progress
         # Data: each split is read into memory once; a pretraining corpus replaces the train split.
@@ -420,6 +476,9 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
             datasets["train"] = data.load_pretrain_dataset(
                 spec, args.pretrain, args.pretrain_feat_root or feat_root, progress=show)
         evalset = datasets[eval_split]
+        if keep_on_device(args.keep_on_device, device, datasets.values()):
+            for dataset in datasets.values():
+                dataset.to(device)
         model, criterion = module.build(cfg, evalset.video_dim, evalset.text_dim)
         if args.init and checkpoint is None:
             load_initial_weights(model, args.init, args.model)
@@ -449,7 +508,10 @@ def train(args, module, cfg, model, criterion, trainset, evalset, spec, feat_roo
     eval_model = ema_model if ema_model is not None else model
     loader_gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(trainset, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=data.collate, generator=loader_gen)
+                                         collate_fn=data.collate, generator=loader_gen,
+                                         pin_memory=pin(trainset, device))
+    # --compile: the training forward runs compiled; the weights (and evaluation) are the module's.
+    step_model = torch.compile(model) if args.compile else model
     # What every checkpoint says about its run (--resume, --init and --eval-only read it).
     identity = {"model_name": args.model, "data": args.data, "domain": domain,
                 "pretrain": args.pretrain, "amp": args.amp, "config": dataclasses.asdict(cfg),
@@ -479,7 +541,7 @@ def train(args, module, cfg, model, criterion, trainset, evalset, spec, feat_roo
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         try:
-            means, loading = train_one_epoch(model, criterion, loader, optimizer, cfg, device,
+            means, loading = train_one_epoch(step_model, criterion, loader, optimizer, cfg, device,
                                              epoch, args.amp, show)
         except TrainingError as err:
             raise TrainingError(f"{err}; the last good state is {results_dir}/last.ckpt") from None
@@ -538,6 +600,7 @@ def write_timing(results_dir, timing, device, model_name, n_params, amp=False):
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)    # Linux: KiB
     metrics.write_json_atomic(os.path.join(results_dir, "timing.json"), {
         "model": model_name, "trainable_parameters": n_params, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(), "amp": amp, "epochs_timed": len(epochs),
         "train_seconds_per_epoch": sum(epochs) / len(epochs) if epochs else None,
         "load_seconds_per_epoch": sum(timing["load"]) / len(epochs) if epochs else None,

@@ -210,7 +210,8 @@ def slice_left_aligned(feats, starts, stops):
     inside = position[None] < (stops - starts)[:, None]                              # (B, Lv)
     index = (starts[:, None] + position[None]).clamp(max=Lv - 1)                     # (B, Lv)
     picked = feats.gather(1, index[..., None].expand(B, Lv, d))                      # (B, Lv, d)
-    return torch.where(inside[..., None], picked, torch.zeros((), dtype=feats.dtype))
+    # A Python 0 as the fill: a 0-dim CPU tensor would be copied to the GPU, a wait at every step.
+    return torch.where(inside[..., None], picked, 0.0)                               # (B, Lv, d)
 
 
 def anchor_sine_embedding(anchors, dim):
@@ -624,7 +625,11 @@ class TRDETR(nn.Module):
             raise ValueError(f"{where}: query_mask {tuple(query_mask.shape)} does not match "
                              f"query_feats {tuple(query_feats.shape[:2])}")
         video_mask, query_mask = video_mask.bool(), query_mask.bool()
-        if not video_mask.any(1).all() or not query_mask.any(1).all():
+        # The checks above read shapes (host metadata); this one reads the masks' values, which
+        # on a GPU means waiting for it at every step. So it runs on CPU tensors only: for the
+        # loaded data, data.py already refuses a sample without a clip or a token.
+        if video_mask.device.type == "cpu" and (not video_mask.any(1).all()
+                                                or not query_mask.any(1).all()):
             raise ValueError(f"{where}: every sample needs at least one valid clip and one valid "
                              f"token (an all-padding row would make the attention softmax NaN)")
         return video_mask, query_mask
@@ -671,8 +676,9 @@ class TRDETRLoss(nn.Module):
               + 1 * (margin + rank-contrastive) on the MR2HD saliency        (HD, last layer only)
               + 0.5 * local alignment + 0.3 * global alignment               (QVH weights)
 
-    forward(outputs, batch) -> (total, terms): the terms are the WEIGHTED values as floats (what
-    the official log prints), with aux-layer terms suffixed _0, _1, ..., plus "loss_overall".
+    forward(outputs, batch) -> (total, terms): the terms are the WEIGHTED values (what the official
+    log prints) as detached 0-dim tensors, with aux-layer terms suffixed _0, _1, ..., plus
+    "loss_overall".
     """
 
     def __init__(self, cfg):
@@ -708,8 +714,10 @@ class TRDETRLoss(nn.Module):
             outputs["clip_global"], outputs["word_global"], cfg.align_temperature)
 
         total = sum(terms.values())                           # Eq. (17), as the code weights it
-        logged = {k: v.detach().item() for k, v in terms.items()}
-        logged["loss_overall"] = total.detach().item()
+        # Detached 0-dim tensors, not floats: a .item() per term would make the host wait for the
+        # GPU at every step. The loop sums them on the device and reads them once per epoch.
+        logged = {k: v.detach() for k, v in terms.items()}
+        logged["loss_overall"] = total.detach()
         return total, logged
 
 

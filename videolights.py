@@ -295,7 +295,8 @@ def slice_left_aligned(feats, starts, stops):
     inside = position[None] < (stops - starts)[:, None]                              # (B, Lv)
     index = (starts[:, None] + position[None]).clamp(max=Lv - 1)                     # (B, Lv)
     picked = feats.gather(1, index[..., None].expand(B, Lv, d))                      # (B, Lv, d)
-    return torch.where(inside[..., None], picked, torch.zeros((), dtype=feats.dtype))
+    # A Python 0 as the fill: a 0-dim CPU tensor would be copied to the GPU, a wait at every step.
+    return torch.where(inside[..., None], picked, 0.0)                               # (B, Lv, d)
 
 
 def anchor_sine_embedding(anchors, dim):
@@ -740,7 +741,11 @@ class VideoLights(nn.Module):
             raise ValueError(f"{where}: query_mask {tuple(query_mask.shape)} does not match "
                              f"query_feats {tuple(query_feats.shape[:2])}")
         video_mask, query_mask = video_mask.bool(), query_mask.bool()
-        if not video_mask.any(1).all() or not query_mask.any(1).all():
+        # The checks above read shapes (host metadata); this one reads the masks' values, which
+        # on a GPU means waiting for it at every step. So it runs on CPU tensors only: for the
+        # loaded data, data.py already refuses a sample without a clip or a token.
+        if video_mask.device.type == "cpu" and (not video_mask.any(1).all()
+                                                or not query_mask.any(1).all()):
             raise ValueError(f"{where}: every sample needs at least one valid clip and one valid "
                              f"token (an all-padding row would make the attention softmax NaN)")
         return video_mask, query_mask
@@ -757,8 +762,8 @@ def query_token_alignment_loss(proj_queries, proj_txt, indices, temperature=0.07
     """
     logits = torch.einsum("bmd,bnd->bmn", proj_queries, proj_txt).sum(2) / temperature   # (B, Nq)
     batch_idx, query_idx = matched_prediction_index(indices)
-    positive = torch.zeros_like(logits, dtype=torch.bool)
-    positive[batch_idx.to(logits.device), query_idx.to(logits.device)] = True
+    positive = torch.zeros_like(logits, dtype=torch.bool)                               # (B, Nq)
+    positive[batch_idx, query_idx] = True                 # the matcher's indices are on this device
     pos_term = logits.masked_fill(~positive, 0).sum(1) / positive.sum(1)               # (B,)
     return (-pos_term + logits.logsumexp(1)).mean()
 
@@ -811,9 +816,10 @@ class VideoLightsLoss(nn.Module):
               + 0.2 vt_align                                                        (last layer only)
               + 1 * (margin + rank-contrastive + neg-pair + L_ts + L_tc + hard_neg + hard_pos)
 
-    forward(outputs, batch, epoch) -> (total, terms): the terms are the WEIGHTED values as floats,
-    aux-layer terms suffixed _0, _1, plus "loss_overall" (their sum). The official log has one
-    "loss_saliency" (the sum of the loss_sal_* terms) and one "loss_contrastive_align" (qt + vt).
+    forward(outputs, batch, epoch) -> (total, terms): the terms are the WEIGHTED values as detached
+    0-dim tensors, aux-layer terms suffixed _0, _1, plus "loss_overall" (their sum). The official
+    log has one "loss_saliency" (the sum of the loss_sal_* terms) and one "loss_contrastive_align"
+    (qt + vt).
     The hard positive mask is derived from the batch: saliency_all > 0 is exactly the official
     saliency_pos_index (score_array > 0) on QVHighlights, Charades-STA and TVSum.
     """
@@ -865,8 +871,10 @@ class VideoLightsLoss(nn.Module):
             terms["loss_sal_hard_pos"] = w * hard_pos                                        # Eq. (10)
 
         total = sum(terms.values())                           # Eq. (3), as the code weights it
-        logged = {k: v.detach().item() for k, v in terms.items()}
-        logged["loss_overall"] = total.detach().item()
+        # Detached 0-dim tensors, not floats: a .item() per term would make the host wait for the
+        # GPU at every step. The loop sums them on the device and reads them once per epoch.
+        logged = {k: v.detach() for k, v in terms.items()}
+        logged["loss_overall"] = total.detach()
         return total, logged
 
 

@@ -44,6 +44,9 @@ def parse_args(argv=None):
                    help="compare on a QVHighlights-sized synthetic set (7,218 train / 1,550 val "
                         "queries, real dims; generated once in features/synthetic_qvh, ~3.5 GB, "
                         "or --feat-root), read as qvh; --epochs defaults to 1")
+    p.add_argument("--benchmark-queries", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                   help="with --benchmark: a smaller set at the real dims (default: QVHighlights' "
+                        "7218 1550); seconds per epoch scale with the train queries")
     p.add_argument("--results-dir", help="default: results/compare_<data> (benchmark: "
                                          "results/benchmark_qvh)")
     for flag in PASSED:
@@ -51,7 +54,8 @@ def parse_args(argv=None):
             "epochs", "eval_every", "batch_size") else str, help="passed to train.py")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="passed to train.py (repeatable)")
-    p.add_argument("--amp", action="store_true", help="passed to train.py")
+    for flag in ("amp", "tf32", "deterministic", "compile"):
+        p.add_argument("--" + flag, action="store_true", help="passed to train.py")
     p.add_argument("--no-progress", action="store_true", help="passed to train.py")
     return p.parse_args(argv)
 
@@ -68,7 +72,8 @@ def table(rows, data_name, seed):
              "infer ms/query", "peak MiB"]
             + [k.replace("MR-full-", "MR ").replace("HL-min-VeryGood-", "HD ") for k in keys])
     first = rows[0][1]
-    lines = [f"Data: {data_name}, seed {seed}, device {first['device']} ({first['threads']} "
+    device = first["device"] + (f" = {first['device_name']}" if first.get("device_name") else "")
+    lines = [f"Data: {data_name}, seed {seed}, device {device} ({first['threads']} "
              f"thread{'s' if first['threads'] != 1 else ''}"
              + (", --amp: bfloat16 autocast" if first.get("amp") else "") + "). Peak memory: " +
              ("torch's peak GPU allocation." if first["device"].startswith("cuda") else
@@ -91,8 +96,12 @@ def main(argv=None):
     if args.benchmark:
         if args.data != "synthetic":
             raise SystemExit("--benchmark generates its own QVHighlights-sized set: it takes no --data")
-        sizes = data.QVH_SIZED
-        args.feat_root = args.feat_root or os.path.join("features", "synthetic_qvh")
+        sizes = dict(data.QVH_SIZED)
+        if args.benchmark_queries:
+            sizes["n_train"], sizes["n_val"] = args.benchmark_queries
+        args.feat_root = args.feat_root or os.path.join(
+            "features", "synthetic_qvh" + ("_{}_{}".format(*args.benchmark_queries)
+                                           if args.benchmark_queries else ""))
         data.ensure_synthetic(args.feat_root, progress=not args.no_progress, **sizes)
         args.data, args.epochs = "qvh", args.epochs or 1
         args.results_dir = args.results_dir or os.path.join("results", "benchmark_qvh")
@@ -115,7 +124,8 @@ def main(argv=None):
             if getattr(args, flag) is not None:
                 cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         cmd += [x for item in args.overrides for x in ("--set", item)]
-        cmd += ["--no-progress"] * args.no_progress + ["--amp"] * args.amp
+        cmd += [f"--{f}" for f in ("no-progress", "amp", "tf32", "deterministic", "compile")
+                if getattr(args, f.replace("-", "_"))]
         if os.path.isfile(os.path.join(run_dir, "timing.json")):
             print(f"{name}: finished run found in {run_dir}, reused")
         else:
