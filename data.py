@@ -8,6 +8,7 @@ synthetic benchmark in the same layout so the whole pipeline runs without any do
 
     python data.py check --data qvh [--feat-root DIR] [--anno-dir DIR] [--layout L]
                          [--video-feats slowfast,clip,blip] [--text-feats clip,blip]
+                         # reads every annotation line and feature file, lists what is wrong
     python data.py synthetic --out features/synthetic [--blip]           # write the synthetic set
     python data.py synthetic-pretrain --out features/synthetic [--blip]  # + a pretraining corpus
 
@@ -114,6 +115,7 @@ so next to the code, and the parity checks run against the official loaders are 
 label functions' docstrings.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -409,6 +411,20 @@ def dataset_spec(name, feat_root=None, layout=None, video_feats=None, text_feats
         label_fields=("label", "domain"), **common)
 
 # ----------------------------------------------------------------------------- annotations
+#
+# Every split is validated when it is read (`annotation_problems`), before any feature is loaded:
+# a bad line is one FeatureError naming the file, the line (UMT's TVSum json: the video) and what
+# is wrong, instead of a traceback from the matcher mid-epoch or wrong metrics after it.
+
+# Annotators and score range of one clip's saliency: QVHighlights 3 annotators scoring 0..4, TVSum
+# 20 scoring 1..5 (every line of the released files, as the tests check on the real files).
+QVH_ANNOTATORS, QVH_SCORE_RANGE = 3, (0, 4)
+TVSUM_ANNOTATORS, TVSUM_SCORE_RANGE = 20, (1, 5)
+# A window may end past `duration` by this much (seconds): VideoLights' pretraining generator makes
+# its window ends by adding duration / n_frames again and again, which can overshoot by a rounding
+# error; a real overshoot is far larger.
+WINDOW_SLACK = 1e-6
+
 
 def _read_annotation_file(path, aliases=()):
     """read_jsonl plus the 1-based line number of every row (for 'file:line: ...' messages).
@@ -430,18 +446,145 @@ def _read_annotation_file(path, aliases=()):
     return rows, line_numbers
 
 
-def _check_fields(rows, line_numbers, path, fields):
-    for row, n in zip(rows, line_numbers):
-        for name in fields:
-            if name not in row:
-                raise FeatureError(f"{path}:{n}: missing field {name!r}")
-        for name in ("relevant_windows", "relevant_clip_ids"):   # the labels need at least one
-            if name in fields and not row[name]:
-                raise FeatureError(f"{path}:{n}: empty {name!r}")
-        if ("saliency_scores" in fields
-                and len(row["saliency_scores"]) != len(row["relevant_clip_ids"])):
-            raise FeatureError(f"{path}:{n}: {len(row['saliency_scores'])} saliency_scores triples "
-                               f"for {len(row['relevant_clip_ids'])} relevant_clip_ids")
+def _is_number(x):
+    """A finite JSON number (true / false are ints to Python, not numbers here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _scores_problem(name, per_clip, n_annotators, score_range):
+    """What is wrong with a list of per-clip score lists (one score per annotator), or None.
+    Checked on sets of types, lengths and distinct values first: QVH train has ~200k triples."""
+    lo, hi = score_range
+    try:
+        fine = ({type(s) for s in per_clip} == {list}
+                and {len(s) for s in per_clip} == {n_annotators}
+                and all(_is_number(v) and lo <= v <= hi for v in {v for s in per_clip for v in s}))
+    except TypeError:                    # an unhashable score
+        fine = False
+    if not fine:                         # find the first bad one for the message
+        for i, scores in enumerate(per_clip):
+            if not (isinstance(scores, list) and len(scores) == n_annotators
+                    and all(_is_number(v) and lo <= v <= hi for v in scores)):
+                return (f"{name}[{i}] = {_short(scores)} is not {n_annotators} annotators' scores "
+                        f"in {lo}..{hi}")
+    return None
+
+
+def _row_problem(row, fields, spec):
+    """The first problem of one annotation row whose `fields` are all present, or None."""
+    qid, duration = row["qid"], row["duration"]
+    if not isinstance(qid, (int, str)) or isinstance(qid, bool):
+        return f"qid {_short(qid)} is not a number or a string"
+    if not _is_number(duration) or duration <= 0:
+        return f"duration {_short(duration)} is not a positive number"
+    if "relevant_windows" in fields:
+        windows = row["relevant_windows"]
+        if not isinstance(windows, list):
+            return f"relevant_windows {_short(windows)} is not a list of [start, end] windows"
+        if not windows:
+            return "empty 'relevant_windows'"
+        for i, window in enumerate(windows):
+            name = f"relevant_windows[{i}] = {_short(window)}"
+            if not (isinstance(window, list) and len(window) == 2
+                    and _is_number(window[0]) and _is_number(window[1])):
+                return f"{name} is not a window [start, end] of two numbers (seconds)"
+            start, end = window
+            if start > end:
+                return f"{name} starts after it ends"
+            if start == end:
+                return f"{name} has zero width"
+            if start < 0:
+                return f"{name} starts before 0"
+            if end > duration + WINDOW_SLACK:
+                return f"{name} ends past the video's duration {duration}"
+    if "relevant_clip_ids" in fields:
+        clip_ids = row["relevant_clip_ids"]
+        if not isinstance(clip_ids, list):
+            return f"relevant_clip_ids {_short(clip_ids)} is not a list of clip indices"
+        if not clip_ids:
+            return "empty 'relevant_clip_ids'"
+        # The metrics' ground truth has int(duration / clip_len) clips; an id past the LOADED
+        # video but inside the duration is valid (see qvh_labels).
+        n_clips = int(duration / spec.clip_len)
+        if not ({type(c) for c in clip_ids} == {int}
+                and 0 <= min(clip_ids) and max(clip_ids) < n_clips):
+            for i, clip_id in enumerate(clip_ids):
+                if not (type(clip_id) is int and 0 <= clip_id < n_clips):
+                    return (f"relevant_clip_ids[{i}] = {_short(clip_id)} is not a clip index in "
+                            f"0..{n_clips - 1} (duration {duration} s, {spec.clip_len}-s clips)")
+    if "saliency_scores" in fields:
+        scores = row["saliency_scores"]
+        if not isinstance(scores, list):
+            return f"saliency_scores {_short(scores)} is not a list of score triples"
+        if len(scores) != len(row["relevant_clip_ids"]):
+            return (f"{len(scores)} saliency_scores triples for {len(row['relevant_clip_ids'])} "
+                    f"relevant_clip_ids")
+        problem = _scores_problem("saliency_scores", scores, QVH_ANNOTATORS, QVH_SCORE_RANGE)
+        if problem:
+            return problem
+    if "label" in fields:
+        label = row["label"]
+        if not isinstance(label, list) or not label:
+            return f"label {_short(label)} is not a list of per-shot score rows"
+        problem = _scores_problem("label", label, TVSUM_ANNOTATORS, TVSUM_SCORE_RANGE)
+        if problem:
+            return problem
+    if "domain" in fields and row["domain"] not in TVSUM_DOMAINS:
+        return f"domain {_short(row['domain'])} is not a TVSum domain ({', '.join(TVSUM_DOMAINS)})"
+    return None
+
+
+def annotation_problems(spec, rows, where, labelled=True):
+    """Every problem of one split's annotation rows, one message each: "<where>: <what>", where[i]
+    saying where row i comes from ("file:line"). At most one problem per row (its first).
+
+    Checked: the fields the loader and the metrics read are there (labelled splits: the label
+    fields too); qid a number or string, used once in the split; duration a positive number;
+    windows [start, end] of two numbers with 0 <= start < end <= duration; relevant clip ids
+    integers in 0..int(duration / clip_len) - 1 (the metrics' ground-truth rows), as many as
+    saliency triples, each 3 scores in 0..4; TVSum: one row of 20 scores in 1..5 per shot, a known
+    domain. Left as the official loaders leave it: relevant clip ids past the LOADED video (its
+    features a row shorter than the duration), which `qvh_labels` drops."""
+    fields = spec.required_fields + (spec.label_fields if labelled else ())
+    problems, first_seen = [], {}
+    for row, at in zip(rows, where):
+        missing = [name for name in fields if name not in row]
+        if missing:
+            problems.append(f"{at}: missing field {missing[0]!r}")
+            continue
+        problem = _row_problem(row, fields, spec)
+        if problem:
+            problems.append(f"{at}: {problem}")
+            continue
+        if row["qid"] in first_seen:     # its text features and predictions are found by qid
+            problems.append(f"{at}: duplicate qid {row['qid']!r} (first at "
+                            f"{first_seen[row['qid']]}): every query needs its own qid")
+        else:
+            first_seen[row["qid"]] = at
+    return problems
+
+
+def _raise_first(problems, path):
+    """One FeatureError for a file's problems: the first, and how many more there are."""
+    if problems:
+        more = len(problems) - 1
+        raise FeatureError(problems[0] + (f" ({more} more in {path}; python data.py check lists "
+                                          f"every one)" if more else ""))
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" at line {err.lineno}, column {err.colno}" if hasattr(err, "lineno") else ""
+        raise FeatureError(f"{path}: not valid JSON{where} (cut short or corrupted?); "
+                           f"{README_HINT}") from None
 
 
 def _tvsum_annotations_from_umt(anno_dir, split):
@@ -458,14 +601,26 @@ def _tvsum_annotations_from_umt(anno_dir, split):
                 f"TVSum annotations not found in {anno_dir}: expected tvsum_{split}.jsonl "
                 f"(lighthouse: tvsum_{split}_release.jsonl), or "
                 f"tvsum_anno.json + tvsum_splits.json ({p} is missing); {README_HINT}")
-    with open(anno_path) as f:
-        anno = json.load(f)
-    with open(splits_path) as f:
-        splits = json.load(f)["TVSUM_SPLITS"]
+    anno, splits = _read_json(anno_path), _read_json(splits_path)
+    if not isinstance(anno, dict):
+        raise FeatureError(f"{anno_path}: expected an object of videos, got {type(anno).__name__}")
+    for vid, v in anno.items():
+        for key in ("domain", "title", "anno"):
+            if not isinstance(v, dict) or key not in v:
+                raise FeatureError(f"{anno_path}: video {vid!r} has no {key!r}")
+    if not isinstance(splits, dict) or not isinstance(splits.get("TVSUM_SPLITS"), dict):
+        raise FeatureError(f"{splits_path}: no 'TVSUM_SPLITS' object of domains")
+    splits = splits["TVSUM_SPLITS"]
     domains = list(dict.fromkeys(v["domain"] for v in anno.values()))   # first-appearance order
     rows = []
     for domain in domains:
+        if not isinstance(splits.get(domain), dict) or split not in splits[domain]:
+            raise FeatureError(f"{splits_path}: no {split!r} videos of domain {domain!r}, which "
+                               f"{anno_path} uses (domains there: {', '.join(map(str, splits))})")
         for vid in splits[domain][split]:
+            if vid not in anno:
+                raise FeatureError(f"{splits_path}: video {vid!r} ({domain} {split}) is not in "
+                                   f"{anno_path}")
             v = anno[vid]
             rows.append({"qid": vid, "query": v["title"], "duration": len(v["anno"]), "vid": vid,
                          "relevant_clip_ids": None, "relevant_windows": None,
@@ -484,22 +639,34 @@ def _annotation_path(spec, split, anno_dir):
     return os.path.join(anno_dir, spec.anno_files[split])
 
 
-def load_annotations(spec, split, anno_dir, domain=None):
-    """The raw annotation dicts of one split (ground truth for the metrics), checked for the fields
-    the labels need. TVSum: only `domain`'s videos when one is given."""
-    if split not in spec.anno_files:
-        raise ValueError(f"{spec.name} has no split {split!r}; splits: {sorted(spec.anno_files)}")
+def _annotation_files(spec, split, anno_dir):
+    """The files one split is read from: its jsonl, or (TVSum without one) UMT's two json files."""
     path = _annotation_path(spec, split, anno_dir)
     if spec.name == "tvsum" and not os.path.isfile(path):
+        return [os.path.join(anno_dir, "tvsum_anno.json"),
+                os.path.join(anno_dir, "tvsum_splits.json")]
+    return [path]
+
+
+def _read_split(spec, split, anno_dir):
+    """One split's rows, where each comes from ("file:line"; UMT's json: "file: video V") and the
+    file named in messages. FeatureError if a file is missing or unreadable."""
+    files = _annotation_files(spec, split, anno_dir)
+    if len(files) == 2:
         rows = _tvsum_annotations_from_umt(anno_dir, split)
-        path, line_numbers = os.path.join(anno_dir, "tvsum_anno.json"), None
-    else:
-        rows, line_numbers = _read_annotation_file(path, spec.anno_aliases.get(split, ()))
-    if line_numbers is not None:
-        fields = spec.required_fields
-        if split not in spec.unlabelled_splits:
-            fields = fields + spec.label_fields
-        _check_fields(rows, line_numbers, path, fields)
+        return rows, [f"{files[0]}: video {r['vid']}" for r in rows], files[0]
+    rows, line_numbers = _read_annotation_file(files[0], spec.anno_aliases.get(split, ()))
+    return rows, [f"{files[0]}:{n}" for n in line_numbers], files[0]
+
+
+def load_annotations(spec, split, anno_dir, domain=None):
+    """The raw annotation dicts of one split (ground truth for the metrics), validated
+    (`annotation_problems`: FeatureError on the first problem). TVSum: only `domain`'s videos when
+    one is given."""
+    if split not in spec.anno_files:
+        raise ValueError(f"{spec.name} has no split {split!r}; splits: {sorted(spec.anno_files)}")
+    rows, where, path = _read_split(spec, split, anno_dir)
+    _raise_first(annotation_problems(spec, rows, where, split not in spec.unlabelled_splits), path)
     if spec.name == "tvsum" and domain is not None:
         if domain not in TVSUM_DOMAINS:
             raise ValueError(f"unknown TVSum domain {domain!r}; domains: {TVSUM_DOMAINS}")
@@ -570,9 +737,18 @@ def l2_normalize(x):
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)
 
 
-def _read_rows(path, stream, max_rows):
-    """One feature file -> float32 array (rows, dim of this file), checked. `max_rows` cuts first,
-    as the official code does (`np.load(p)[key][:max_l].astype(np.float32)`)."""
+# Feature values beyond this magnitude are corrupt bytes, not features. The UMT TVSum release peaks
+# at |x| = 9.3 (I3D) and 0.67 (CLIP title tokens): np.abs(array).max() over all its files; the
+# QVHighlights and Charades-STA files were not available to measure, and this leaves them three
+# orders of magnitude. Such values would not fail loudly: above 1.8e19 (the square root of
+# float32's largest value) a row's norm overflows and L2 normalisation makes it a row of zeros,
+# and below that one row would dwarf all others.
+MAX_FEATURE_ABS = 1e4
+
+
+def _open_array(path, stream):
+    """One feature file's array as stored (its dtype, every row); FeatureError if the file cannot
+    be read (truncated download, not a numpy file), lacks the stream's key, or is not 2-d."""
     try:
         if stream.key is None:
             array = np.load(path)
@@ -587,7 +763,40 @@ def _read_rows(path, stream, max_rows):
         raise FeatureError(f"cannot read {path}: {err}; {README_HINT}") from err
     if array.ndim != 2 or array.shape[0] == 0:
         raise FeatureError(f"{path}: expected a (rows, dim) array, got shape {array.shape}")
-    return array[:max_rows].astype(np.float32)
+    return array
+
+
+def _as_float32(array):
+    with np.errstate(over="ignore"):   # float64 beyond float32's range -> inf, reported below
+        return array.astype(np.float32)
+
+
+def _value_problem(path, values, stored):
+    """None if every value is finite and |x| <= MAX_FEATURE_ABS, else where the first bad one is
+    (0-based row and column) and what it is. `values`: the float32 array; `stored`: as read (for
+    the message). One vectorised pass when all is well (NaN propagates through max)."""
+    if np.abs(values).max() <= MAX_FEATURE_ABS:
+        return None
+    bad = ~(np.abs(values) <= MAX_FEATURE_ABS)             # NaN compares False: bad
+    row, column = np.argwhere(bad)[0]
+    value = stored[row, column]
+    what = "NaN" if np.isnan(value) else "inf" if np.isinf(value) else f"{value:.3g}"
+    n_rows = int(bad.any(axis=1).sum())
+    return (f"{path}: row {row}, column {column} holds {what} ({n_rows} of {len(values)} rows "
+            f"hold NaN, inf or |x| > {MAX_FEATURE_ABS:g}, which no real feature does): a corrupt "
+            f"file; {README_HINT}")
+
+
+def _read_rows(path, stream, max_rows):
+    """One feature file -> float32 array (rows, dim of this file), checked (`_open_array`,
+    `_value_problem`: every row of the file, also those cut), then its first `max_rows` rows: the
+    values of the official `np.load(p)[key][:max_l].astype(np.float32)`."""
+    array = _open_array(path, stream)
+    values = _as_float32(array)
+    problem = _value_problem(path, values, array)
+    if problem:
+        raise FeatureError(problem)
+    return values[:max_rows]
 
 
 def _check_dim(path, array, expected):
@@ -824,7 +1033,10 @@ class MomentDataset(torch.utils.data.Dataset):
     .video_dim    Dv including the 2 tef dims; .text_dim  Dq
     item i        dict(video_feats (Lv, Dv), query_feats (Lq, Dq), the labels of `qvh_labels` /
                   `window_labels` / `tvsum_labels` / `first_window_labels`, meta); random pairs
-                  redrawn at every call."""
+                  redrawn at every call.
+    `annotations` are expected validated (load_dataset and load_pretrain_dataset do it); every
+    feature file is checked as it is read (`_read_rows`: readable, 2-d, right dim, finite values
+    of sane magnitude), so a bad file stops the run here, before training."""
 
     def __init__(self, spec, feat_root, split, annotations, progress=True):
         self.spec, self.split, self.annotations = spec, split, annotations
@@ -884,8 +1096,9 @@ class MomentDataset(torch.utils.data.Dataset):
 
 
 def load_dataset(spec, feat_root, split, domain=None, anno_dir=None, progress=True):
-    """Build one split: read and check its annotations, check that every feature file exists
-    (one FeatureError naming what is missing), then load all features into memory.
+    """Build one split: read and validate its annotations (`load_annotations`), check that every
+    feature file exists (one FeatureError naming what is missing), then load all features into
+    memory, each file checked as it is read (`_read_rows`).
     `spec` is a DatasetSpec or a dataset name; anno_dir defaults to feat_root."""
     feat_root = os.fspath(feat_root)
     if isinstance(spec, str):
@@ -938,9 +1151,10 @@ def load_pretrain_dataset(spec, anno_path, feat_root, progress=True):
                                label_fields=())
     anno_path = os.fspath(anno_path)
     rows, line_numbers = _read_annotation_file(anno_path)
-    _check_fields(rows, line_numbers, anno_path, fields)
     if not rows:
         raise FeatureError(f"{anno_path}: no annotation lines")
+    _raise_first(annotation_problems(spec, rows, [f"{anno_path}:{n}" for n in line_numbers]),
+                 anno_path)
     return MomentDataset(spec, feat_root, "pretrain", rows, progress=progress)
 
 
@@ -1023,8 +1237,9 @@ SYNTHETIC_VERSION = 2   # bump when the generator or its defaults change: old se
 
 def _write_npz(path, **arrays):
     """np.savez_compressed with fixed zip timestamps (so the same seed gives byte-identical files),
-    written to a temporary name and renamed (a crash never leaves a half-written file)."""
-    tmp = path + ".tmp"
+    written to a temporary name and renamed (a crash never leaves a half-written file). The name
+    is the process's own: two processes writing the same file never touch each other's."""
+    tmp = f"{path}.tmp{os.getpid()}"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -1245,6 +1460,7 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
         dirs += list(_blip_dirs())
     for dirname in dirs:
         os.makedirs(os.path.join(root, dirname), exist_ok=True)
+    _remove_stale_temporaries(root, dirs)
 
     rng = np.random.default_rng(seed)
     world = _synthetic_world(rng, n_concepts, dims)
@@ -1277,6 +1493,80 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
     return root
 
 
+SYNTHETIC_LOCK = "GENERATING.pid"   # exists, holding the writer's pid, while ensure_* write a set
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)                   # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:               # it exists, owned by another user
+        return True
+    return True
+
+
+def _lock_owner(path):
+    """(pid written in the lock file or None, the file's age in seconds); (None, None) if gone."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        age = time.time() - os.path.getmtime(path)
+    except FileNotFoundError:
+        return None, None
+    return (int(text) if text.isdigit() else None), age
+
+
+@contextlib.contextmanager
+def _generation_lock(root):
+    """Hold root/GENERATING.pid while generating into root. Processes that want the same set at
+    once (tools/compare.py starts one per model) would otherwise all write it; the others wait
+    here, then find it complete. The lock of a killed process (its pid gone) is taken over."""
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, SYNTHETIC_LOCK)
+    waiting = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)   # atomic: one process wins
+            break
+        except FileExistsError:
+            pass
+        owner, age = _lock_owner(path)
+        if age is None:                   # released meanwhile
+            continue
+        # A dead owner, or a file still without a pid long after it was made (its creator died
+        # between creating and writing it): stale.
+        if (owner is not None and not _pid_alive(owner)) or (owner is None and age > 10):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        if not waiting:
+            who = f"process {owner}" if owner else "another process"
+            print(f"waiting for {who}, which is writing the synthetic set in {root} ({path}) ...",
+                  file=sys.stderr)
+            waiting = True
+        time.sleep(0.1)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        if _lock_owner(path)[0] == os.getpid():
+            os.remove(path)
+
+
+def _remove_stale_temporaries(root, dirnames):
+    """Temporary files of writes that a kill interrupted (`_write_npz`: NAME.tmp<pid>, pid gone)."""
+    for dirname in dirnames:
+        directory = os.path.join(root, dirname)
+        for name in os.listdir(directory):
+            pid = name.rpartition(".tmp")[2]
+            if ".tmp" in name and pid.isdigit() and not _pid_alive(int(pid)):
+                os.remove(os.path.join(directory, name))
+
+
 def _marker_matches(path, wanted, also_ok=None):
     """True if the marker file at `path` records `wanted` (or `also_ok`) parameters."""
     if not os.path.isfile(path):
@@ -1295,17 +1585,23 @@ def ensure_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_
     there already. The marker file is written last and records the parameters, so a half-written
     set, or one made by another version or with other parameters, is regenerated. Regenerating
     overwrites files by name and deletes nothing. A set written with blip=True also serves
-    blip=False (its other files are the same); a blip=False set is completed by regenerating."""
+    blip=False (its other files are the same); a blip=False set is completed by regenerating.
+    Processes calling this for one folder at once: one generates, the others wait for it
+    (`_generation_lock`)."""
     args = (seed, n_train, n_val, n_concepts, video_noise, text_noise)
     with_blip = None if dims else _synthetic_params(*args, blip=True)
     wanted = with_blip if blip else _synthetic_params(*args, dims=dims)
-    if _marker_matches(os.path.join(os.fspath(root), SYNTHETIC_MARKER), wanted, with_blip):
+    marker = os.path.join(os.fspath(root), SYNTHETIC_MARKER)
+    if _marker_matches(marker, wanted, with_blip):
         return root
-    t0 = time.time()
-    print(f"generating the synthetic benchmark in {root} ...", file=sys.stderr)
-    make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress, blip,
-                   dims)
-    print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
+    with _generation_lock(os.fspath(root)):
+        if _marker_matches(marker, wanted, with_blip):    # written by the process we waited for
+            return root
+        t0 = time.time()
+        print(f"generating the synthetic benchmark in {root} ...", file=sys.stderr)
+        make_synthetic(root, seed, n_train, n_val, n_concepts, video_noise, text_noise, progress,
+                       blip, dims)
+        print(f"done in {time.time() - t0:.1f} s", file=sys.stderr)
     return root
 
 
@@ -1350,6 +1646,7 @@ def make_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_nois
         dirs += list(_blip_dirs())
     for dirname in dirs:
         os.makedirs(os.path.join(root, dirname), exist_ok=True)
+    _remove_stale_temporaries(root, dirs)
     world = _synthetic_world(np.random.default_rng(seed), n_concepts)   # the fine-tuning concepts
     rng = np.random.default_rng([seed, 1])                               # a stream of its own
     if blip:
@@ -1396,24 +1693,64 @@ def make_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_nois
 def ensure_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_noise=1.0,
                               text_noise=0.3, blip=False, progress=True):
     """make_synthetic_pretrain unless a complete corpus with these parameters (or the same with
-    BLIP-2 stand-ins, when blip=False) is there. Returns the jsonl path."""
+    BLIP-2 stand-ins, when blip=False) is there. Returns the jsonl path. Concurrent calls for one
+    folder: one generates, the others wait (`_generation_lock`)."""
     args = (seed, n_videos, n_concepts, video_noise, text_noise)
     with_blip = _pretrain_params(*args, blip=True)
     wanted = with_blip if blip else _pretrain_params(*args, blip=False)
-    if not _marker_matches(os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_MARKER), wanted,
-                           with_blip):
-        make_synthetic_pretrain(root, seed, n_videos, n_concepts, video_noise, text_noise, blip,
-                                progress)
+    marker = os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_MARKER)
+    if not _marker_matches(marker, wanted, with_blip):
+        with _generation_lock(os.fspath(root)):
+            if not _marker_matches(marker, wanted, with_blip):   # not made while we waited
+                make_synthetic_pretrain(root, seed, n_videos, n_concepts, video_noise,
+                                        text_noise, blip, progress)
     return os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_FILE)
 
 
 # ----------------------------------------------------------------------------- command line
 
+# The classes of problem `check` lists, in its order.
+CHECK_CLASSES = ("missing files", "unreadable, truncated or malformed files", "bad feature values",
+                 "bad annotations")
+
+
+def _check_feature_files(spec, feat_root, jobs, problems, progress):
+    """Read every feature file of `jobs` ({(dirname, key): (stream, key)}) as the loader does,
+    sorting what is wrong into `problems` (files that are not there are already listed). Returns
+    how many files were read."""
+    n_read = 0
+    for stream, key in tqdm(jobs.values(), desc=f"{spec.name}: reading feature files",
+                            disable=not progress or not jobs):
+        paths = [os.path.join(feat_root, stream.dirname, p.format(vid=key, qid=key))
+                 for p in stream.files]
+        arrays = []
+        for path in paths:
+            if not os.path.isfile(path):
+                continue
+            try:
+                array = _open_array(path, stream)
+            except FeatureError as err:
+                problems["unreadable, truncated or malformed files"].append(str(err))
+                continue
+            value_problem = _value_problem(path, _as_float32(array), array)
+            if value_problem:
+                problems["bad feature values"].append(value_problem)
+            arrays.append(array)
+        n_read += len(arrays)
+        if len(arrays) == len(paths):
+            dim = sum(a.shape[1] for a in arrays)
+            if dim != stream.dim:
+                problems["unreadable, truncated or malformed files"].append(
+                    f"wrong feature dim in {' + '.join(paths)}: {dim}, expected {stream.dim}")
+    return n_read
+
+
 def check(name, feat_root, anno_dir=None, out=None, layout=None, video_feats=None,
-          text_feats=None):
-    """Report the layout, then per split and stream whether the feature root is complete.
-    Returns True if so. layout / video_feats / text_feats as in dataset_spec; out defaults to
-    stdout."""
+          text_feats=None, progress=True):
+    """Report the layout, then per split and stream whether the feature root is complete, then
+    read every annotation line and every feature file as training would (a progress bar on
+    stderr) and list the problems by class (CHECK_CLASSES). Returns True if there are none.
+    layout / video_feats / text_feats as in dataset_spec; out defaults to stdout."""
     out = out or sys.stdout              # looked up at call time (pytest's capture replaces it)
     anno_dir = anno_dir or feat_root
     print(f"{name}: feature root {os.path.abspath(feat_root)}, annotations in "
@@ -1433,40 +1770,67 @@ def check(name, feat_root, anno_dir=None, out=None, layout=None, video_feats=Non
         state = (f"{len(os.listdir(directory))} files" if os.path.isdir(directory)
                  else "MISSING directory")
         print(f"  {stream.dirname + '/':31s} {state}", file=out)
-    complete = True
+    problems = {kind: [] for kind in CHECK_CLASSES}
+    jobs = {}                            # every feature file group to read, once across splits
     for split in spec.splits:
         try:
-            rows = load_annotations(spec, split, anno_dir)
+            rows, where, path = _read_split(spec, split, anno_dir)
         except FeatureError as err:
-            print(f"  {split:5s} annotations: {err}", file=out)
-            complete = False
+            print(f"  {split:5s} annotations: not read (see below)", file=out)
+            missing = any(not os.path.isfile(p) for p in _annotation_files(spec, split, anno_dir))
+            problems["missing files" if missing else
+                     "unreadable, truncated or malformed files"].append(str(err))
             continue
-        print(f"  {split:5s} annotations: {len(rows)} queries", file=out)
+        bad = annotation_problems(spec, rows, where, split not in spec.unlabelled_splits)
+        problems["bad annotations"] += bad
+        print(f"  {split:5s} annotations: {len(rows)} queries"
+              + (f", {len(bad)} with problems" if bad else ""), file=out)
         for stream, directory, n_expected, missing, exists in find_missing(spec, feat_root, rows):
             found = n_expected - len(missing)
             if not exists:
                 status = f"MISSING directory {directory}"
+                problems["missing files"].append(f"feature directory not found: {directory} "
+                                                 f"({n_expected} files for {split})")
             elif missing:
                 status = f"INCOMPLETE, first missing: {missing[0]}"
+                problems["missing files"].append(f"{len(missing)} of {n_expected} {split} files "
+                                                 f"missing from {directory}, first: {missing[0]}")
             else:
                 status = "ok"
             print(f"  {split:5s} {stream.dirname:30s} {found:6d}/{n_expected:<6d} {status}",
                   file=out)
-            complete = complete and exists and not missing
+            if exists:
+                is_text = stream in spec.text_streams
+                for key in dict.fromkeys(str(r["qid"] if is_text else r["vid"]) for r in rows):
+                    jobs[(stream.dirname, key)] = (stream, key)
+    n_read = _check_feature_files(spec, feat_root, jobs, problems, progress)
+    print(f"  read and checked {n_read} feature files", file=out)
+    for kind in CHECK_CLASSES:
+        if problems[kind]:
+            print(f"  {kind} ({len(problems[kind])}):", file=out)
+            for line in problems[kind][:20]:
+                print(f"    {line}", file=out)
+            if len(problems[kind]) > 20:
+                print(f"    ... and {len(problems[kind]) - 20} more", file=out)
     if name == "synthetic":
         wants_blip = any(s.name == "blip" for s in spec.video_streams + spec.text_streams)
         blip = " --blip" if wants_blip else ""
         hint = f"generate it with: python data.py synthetic --out {feat_root}{blip}"
     else:
         hint = README_HINT
-    print("complete" if complete else f"incomplete ({spec.layout} layout): {hint}", file=out)
-    return complete
+    if not any(problems.values()):
+        print("complete: every annotation line and feature file read, no problem found", file=out)
+        return True
+    verdict = "incomplete" if problems["missing files"] else "unusable"
+    print(f"{verdict} ({spec.layout} layout): {hint}", file=out)
+    return False
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="is the feature root complete? (exit 0 if so, 1 if not)")
+    p = sub.add_parser("check", help="read and validate every annotation line and feature file "
+                                     "(exit 0 if all is well, 1 if not)")
     p.add_argument("--data", required=True, choices=["qvh", "charades", "tvsum", "synthetic"])
     p.add_argument("--feat-root", default=None, help="default: features/<data>")
     p.add_argument("--anno-dir", default=None, help="default: the feature root")

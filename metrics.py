@@ -39,9 +39,21 @@ equally overlapping GT windows a prediction takes), and sums of the same length 
 more numbers pairwise, so the number of terms changes the last bit; see `_sum_rows_like_numpy`).
 
 Where we deliberately differ from the official scripts (never in a number they do produce):
-  * bad input is a one-line MetricsInputError naming the file and line (JSON) or the qid, where
-    the official asserts or crashes: qid sets that differ (we list a few), a query without
-    predicted windows, an unlabelled ground truth, a relevant clip id beyond duration / 2;
+  * bad input is a one-line MetricsInputError naming the file and line (JSON) or the qid (and,
+    from the command line, the file), where the official asserts or crashes: qid sets that
+    differ (we list a few), a query without predicted windows, an unlabelled ground truth, a
+    relevant clip id beyond duration / 2, clip ids and annotator rows that do not pair up,
+    a duration that is not a number;
+  * and where the official silently scores nonsense: an inverted window (start > end) among the
+    10 scored predicted windows or in the ground truth (the official's IoU with it is 0, or 0/0
+    when its negative length cancels the other window's, and that NaN counts as a hit at every
+    threshold: pred [20, 10] against GT [0, 10] gets MR mAP 100, measured with the official
+    compute_mr_ap); a negative relevant clip id (numpy would mark a clip counted from the end);
+    a TVSum prediction with fewer scores than the video has shots (only the clips given are
+    ranked: 3 scores for the 74-shot val video sTEELN-vY30 score 0.71-0.76 whatever they are);
+  * the official's length tolerances stay: a QVHighlights saliency list longer or shorter than
+    int(duration / 2) is cut or zero-padded (13 of the 1,550 lines of TR-DETR's released val
+    predictions are one clip short), a TVSum list longer than the video is cut;
   * a QVHighlights length bucket without any query gives zeros (the official crashes; it never
     happens on the real splits);
   * TVSum ties in the predicted saliency are ranked in clip order (see `evaluate_tvsum`).
@@ -84,7 +96,17 @@ TVSUM_TOP_K = 5
 
 
 class MetricsInputError(ValueError):
-    """A submission or ground-truth file is malformed or does not match; the message is one line."""
+    """A submission or ground-truth file is malformed or does not match; the message is one line.
+    `side` is "submission" or "ground truth" when the problem lies in that input alone (the
+    command line then puts its file name in front), None otherwise."""
+
+    def __init__(self, message, side=None):
+        super().__init__(message)
+        self.side = side
+
+
+def _line_error(side, qid, problem) -> MetricsInputError:
+    return MetricsInputError(f"{side} qid {qid!r}: {problem}", side)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,10 +216,11 @@ def _index_by_qid(rows, what: str) -> dict:
     by_qid = {}
     for line_no, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or "qid" not in row:
-            raise MetricsInputError(f"{what} row {line_no} has no 'qid'")
+            raise MetricsInputError(f"{what} row {line_no} has no 'qid'", what)
         qid = row["qid"]
         if qid in by_qid:
-            raise MetricsInputError(f"{what} has qid {qid!r} twice (rows {by_qid[qid][0]} and {line_no})")
+            raise MetricsInputError(f"{what} has qid {qid!r} twice (rows {by_qid[qid][0]} and {line_no})",
+                                    what)
         by_qid[qid] = (line_no, row)
     return {qid: row for qid, (_, row) in by_qid.items()}
 
@@ -249,8 +272,8 @@ def _stack_lists(rows, get, width, side, problem):
                 continue
         except (KeyError, TypeError, ValueError, IndexError):
             pass
-        raise MetricsInputError(f"{side} qid {row.get('qid')!r}: {problem}")
-    raise MetricsInputError(f"{side}: rows do not share one layout: {problem}")
+        raise _line_error(side, row.get("qid"), problem)
+    raise MetricsInputError(f"{side}: rows do not share one layout: {problem}", side)
 
 
 def _pad_ragged(flat, lengths, fill):
@@ -258,6 +281,18 @@ def _pad_ragged(flat, lengths, fill):
     padded = np.full((len(lengths), lengths.max()) + flat.shape[1:], fill, dtype=float)
     padded[np.arange(lengths.max())[None, :] < lengths[:, None]] = flat
     return padded
+
+
+def _refuse_inverted(flat, lengths, rows, side, key):
+    """Name the first window with start > end. flat (N, >=2) the windows of all rows in order,
+    lengths (len(rows),) how many each row has (the first ones of row[key] in the file)."""
+    inverted = flat[:, 0] > flat[:, 1]                                  # (N,)
+    if inverted.any():
+        k = int(np.argmax(inverted))
+        q = int(np.searchsorted(np.cumsum(lengths), k, side="right"))  # the row holding window k
+        slot = k - int(lengths[:q].sum())
+        raise _line_error(side, rows[q]["qid"], f"{key}[{slot}] = {rows[q][key][slot]} is "
+                                                f"inverted (start > end)")
 
 
 def _pack_predicted_windows(submission):
@@ -268,6 +303,8 @@ def _pack_predicted_windows(submission):
 
     flat, n_pred = _stack_lists(submission, first_rows, 3, "submission", "pred_relevant_windows "
                                 "must be a non-empty list of [start, end, score] rows")
+    # Only the 10 scored rows: the official ignores the rest, whatever they hold.
+    _refuse_inverted(flat, n_pred, submission, "submission", "pred_relevant_windows")
     windows = np.full((len(submission), MAX_PRED_WINDOWS, 3), np.nan)   # (Q, P, 3)
     windows[:, :n_pred.max()] = _pad_ragged(flat, n_pred, np.nan)
     # R1 uses the first row as listed, before any sorting by score.
@@ -280,6 +317,7 @@ def _pack_gt_windows(gt_rows):
         gt_rows, lambda row: [w[:2] for w in row["relevant_windows"]], 2, "ground truth",
         "relevant_windows must be a non-empty list of [start, end] (an unlabelled "
         "split, e.g. the QVHighlights test release, cannot be scored)")
+    _refuse_inverted(flat, counts, gt_rows, "ground truth", "relevant_windows")
     return flat, np.repeat(np.arange(len(gt_rows)), counts)
 
 
@@ -476,6 +514,20 @@ def _charades_empty_bucket():
 # Highlight detection: HIT@1 and mAP (QVHighlights)
 # ----------------------------------------------------------------------------------------------
 
+def _qvh_clip_counts(gt_rows):
+    """int(duration / 2) per GT line, the official number of clips of the GT saliency matrix. -> (Q,)"""
+    counts = []
+    for row in gt_rows:
+        try:
+            counts.append(int(row["duration"] / QVH_CLIP_LEN))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            counts.append(0)
+        if counts[-1] <= 0:
+            raise _line_error("ground truth", row["qid"], f"duration must be a number of seconds "
+                              f">= {QVH_CLIP_LEN} (one clip at least), got {row.get('duration')!r}")
+    return np.array(counts)
+
+
 def _pack_highlight_inputs(submission, gt_rows):
     """-> scores (Q, Lp) predicted saliency, -inf padded; n_scores (Q,);
     gt (Q, L, 3) annotator scores 0..4 at every clip (0 outside relevant_clip_ids); n_clips (Q,)."""
@@ -484,21 +536,26 @@ def _pack_highlight_inputs(submission, gt_rows):
     scores = _pad_ragged(flat, n_scores, -np.inf)                         # (Q, Lp)
 
     # The GT matrix has int(duration / 2) rows whatever the number of clips the model saw.
-    problem = ("highlight detection needs duration, relevant_clip_ids (non-empty, "
-               "each < duration/2) and one [a, b, c] saliency triple per relevant clip")
-    clip_ids, n_ids = _stack_lists(gt_rows, lambda row: row["relevant_clip_ids"], None,
-                                   "ground truth", problem)
-    triples, n_triples = _stack_lists(gt_rows, lambda row: row["saliency_scores"], 3,
-                                      "ground truth", problem)
-    try:
-        n_clips = np.array([int(row["duration"] / QVH_CLIP_LEN) for row in gt_rows])
-    except (KeyError, TypeError, ValueError):
-        raise MetricsInputError(f"ground truth: {problem}") from None
+    clip_ids, n_ids = _stack_lists(gt_rows, lambda row: row["relevant_clip_ids"], None, "ground truth",
+                                   "relevant_clip_ids must be a non-empty list of clip indices")
+    triples, n_triples = _stack_lists(gt_rows, lambda row: row["saliency_scores"], 3, "ground truth",
+                                      "saliency_scores must be a non-empty list of [a, b, c] rows "
+                                      "(the 3 annotators' scores of each relevant clip)")
+    n_clips = _qvh_clip_counts(gt_rows)
     owner = np.repeat(np.arange(len(gt_rows)), n_ids)
-    bad = (n_ids != n_triples) | (n_clips <= 0)
-    bad[owner[(clip_ids < 0) | (clip_ids >= n_clips[owner]) | (clip_ids != np.round(clip_ids))]] = True
+    bad_id = (clip_ids < 0) | (clip_ids >= n_clips[owner]) | (clip_ids != np.round(clip_ids))
+    bad = n_ids != n_triples
+    bad[owner[bad_id]] = True
     if bad.any():
-        raise MetricsInputError(f"ground truth qid {gt_rows[np.argmax(bad)]['qid']!r}: {problem}")
+        q = int(np.argmax(bad))
+        if n_ids[q] != n_triples[q]:
+            problem = (f"relevant_clip_ids has {n_ids[q]} ids but saliency_scores has {n_triples[q]} "
+                       f"rows (one [a, b, c] row per relevant clip)")
+        else:
+            wrong = clip_ids[bad_id & (owner == q)][0]
+            problem = (f"relevant_clip_ids holds {wrong:g}, which is not a clip of this video "
+                       f"(0..{n_clips[q] - 1}: int(duration / {QVH_CLIP_LEN}) clips)")
+        raise _line_error("ground truth", gt_rows[q]["qid"], problem)
     gt = np.zeros((len(gt_rows), n_clips.max(), 3))                       # (Q, L, 3)
     gt[owner, clip_ids.astype(int)] = triples
     return scores, n_scores, gt, n_clips
@@ -730,6 +787,10 @@ def evaluate_tvsum(submission, ground_truth, top_k=TVSUM_TOP_K) -> dict:
         score as prediction, which ties a lot, the 10 val videos score the same either way;
         over all 50 videos 18 differ, 0.80889 here against 0.80757 with torch 2.13);
       * AP over the top 5 ranked clips (see `_tvsum_top_k_ap`).
+    A prediction must have a score for every clip. A longer one is cut to n_clips, as the
+    official cuts the batch-padded model output; a shorter one is refused, because the official
+    would rank only the clips given (any 3 scores for the 74-shot val video sTEELN-vY30 score
+    0.71-0.76; a random full ranking scores 0.41572 on average, see `tvsum_reference`).
     Returns {"brief": {"mAP": mean over videos x annotators, rounded to 5 decimals as the
     official}, "per_domain": {domain: mean, rounded}, "domain_average": mean of the per-domain
     means (the papers' "Avg"), "per_video": {qid: mean over the 20 annotators}}. The papers
@@ -744,17 +805,21 @@ def evaluate_tvsum(submission, ground_truth, top_k=TVSUM_TOP_K) -> dict:
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise MetricsInputError(f"ground truth qid {gt['qid']!r}: 'label' must be an "
-                                    f"(n_clips, n_annotators) list of numbers")
+            raise _line_error("ground truth", gt["qid"], "'label' must be an (n_clips, n_annotators) "
+                                                         "list of numbers")
         try:
             pred = np.asarray(sub["pred_saliency_scores"], dtype=np.float32)
             ok = pred.ndim == 1 and len(pred) > 0 and np.isfinite(pred).all()
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise MetricsInputError(f"submission qid {sub['qid']!r}: pred_saliency_scores must be "
-                                    f"a non-empty list of finite numbers")
+            raise _line_error("submission", sub["qid"], "pred_saliency_scores must be a non-empty "
+                                                        "list of finite numbers")
         n_clips = labels.shape[0]
+        if len(pred) < n_clips:
+            raise _line_error("submission", sub["qid"], f"pred_saliency_scores has {len(pred)} scores "
+                              f"for a video of {n_clips} shots (one score per shot; the official "
+                              f"would rank only the shots given)")
         positive = _tvsum_positives(labels)                                 # (n_clips, 20)
         ranking = np.argsort(-pred[:n_clips], kind="stable")              # best clip first
         aps.append(_tvsum_top_k_ap(positive[ranking], top_k))
@@ -809,7 +874,9 @@ def main(argv=None) -> int:
         if args.save_path:
             write_json_atomic(args.save_path, metrics)
     except (MetricsInputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        path = {"submission": args.submission_path, "ground truth": args.gt_path}.get(
+            getattr(e, "side", None))
+        print(f"error: {path}: {e}" if path else f"error: {e}", file=sys.stderr)
         return 2
     except (KeyError, TypeError, ValueError, IndexError) as e:
         # Anything else we failed to check up front is still a problem with the input files.

@@ -10,6 +10,7 @@ The sections follow the files: metrics.py, data.py, common.py, each model file, 
 """
 
 from pathlib import Path
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -500,6 +502,141 @@ def test_bad_content_is_a_clear_error():
         metrics.evaluate_qvh(_toy_mr()[0], [{"qid": 1}, _toy_mr()[1][1]])
     with pytest.raises(metrics.MetricsInputError, match="qid 1.*twice"):
         metrics.evaluate_qvh(_toy_mr()[0] + _toy_mr()[0][:1], _toy_mr()[1])
+
+
+# ---------------------------------------------------------------- bad input: refused, naming the qid
+
+def _cli_error(args):
+    """Run the command line; -> its one-line error (asserting exit 2, no traceback)."""
+    proc = subprocess.run([sys.executable, str(METRICS_PY)] + args, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+def test_inverted_predicted_window_is_refused_with_qid_and_file(tmp_path):
+    # Why: the official IoU of [20, 10] with GT [0, 10] is 0/0 (the negative length cancels the
+    # GT's), and NaN is not below any threshold, so the official matching counts it as a hit.
+    pred = np.array([[[20.0, 10.0, 0.9]]])
+    gts = np.array([[[0.0, 10.0]]])
+    ap = metrics._mr_average_precision(pred, np.array([1]), gts, np.array([1]), metrics.MR_MAP_THRESHOLDS)
+    assert (ap == 1.0).all()
+
+    sub, gt = _toy_mr()
+    sub[1]["pred_relevant_windows"][1] = [40, 0, 0.6]            # second row of qid 2
+    message = "submission qid 2: pred_relevant_windows[1] = [40, 0, 0.6] is inverted (start > end)"
+    with pytest.raises(metrics.MetricsInputError, match=r"^" + re.escape(message) + "$"):
+        metrics.evaluate_qvh(sub, gt)
+    with pytest.raises(metrics.MetricsInputError, match=re.escape(message)):
+        metrics.evaluate_charades(sub, gt)
+    err = _cli_error(_write_toy(tmp_path, sub, gt))
+    assert err == f"error: {tmp_path / 'sub.jsonl'}: {message}"
+    # Rows past the 10 the official scores are ignored by it, so they are not checked either;
+    # zero-length windows stay accepted (TR-DETR's released val predictions hold 9).
+    sub, gt = _toy_mr()
+    sub[0]["pred_relevant_windows"] += [[100, 110, 0.1]] * 7 + [[50, 40, 0.05]]
+    sub[1]["pred_relevant_windows"][0] = [12, 12, 0.3]
+    metrics.evaluate_qvh(sub, gt)
+
+
+def test_inverted_ground_truth_window_is_refused(tmp_path):
+    sub, gt = _toy_mr()
+    gt[0]["relevant_windows"] = [[0, 10], [30, 20]]
+    message = "ground truth qid 1: relevant_windows[1] = [30, 20] is inverted (start > end)"
+    with pytest.raises(metrics.MetricsInputError, match=re.escape(message)):
+        metrics.evaluate_qvh(sub, gt)
+    assert _cli_error(_write_toy(tmp_path, sub, gt)) == f"error: {tmp_path / 'gt.jsonl'}: {message}"
+
+
+def _toy_hd():
+    gt = [{"qid": 1, "duration": 8, "relevant_windows": [[0, 4]], "relevant_clip_ids": [0, 1],
+           "saliency_scores": [[4, 3, 2], [1, 2, 3]]},
+          {"qid": 2, "duration": 6, "relevant_windows": [[2, 4]], "relevant_clip_ids": [1],
+           "saliency_scores": [[2, 2, 2]]}]
+    sub = [{"qid": 1, "pred_relevant_windows": [[0, 4, 0.9]], "pred_saliency_scores": [0.9, 0.1, 0.2, 0.3]},
+           {"qid": 2, "pred_relevant_windows": [[2, 4, 0.9]], "pred_saliency_scores": [0.1, 0.8, 0.2]}]
+    return sub, gt
+
+
+@pytest.mark.parametrize("qid, field, value, problem", [
+    (2, "saliency_scores", [[2, 2]],
+     "saliency_scores must be a non-empty list of [a, b, c] rows (the 3 annotators' scores"),
+    (1, "saliency_scores", [[4, 3, 2, 1], [1, 2, 3, 4]],
+     "saliency_scores must be a non-empty list of [a, b, c] rows (the 3 annotators' scores"),
+    (1, "relevant_clip_ids", [0, 1, 2],
+     "relevant_clip_ids has 3 ids but saliency_scores has 2 rows (one [a, b, c] row per relevant clip)"),
+    (2, "relevant_clip_ids", [3],
+     "relevant_clip_ids holds 3, which is not a clip of this video (0..2: int(duration / 2) clips)"),
+    (1, "relevant_clip_ids", [0, -3],   # numpy, as the official indexes, would mark clip 1 silently
+     "relevant_clip_ids holds -3, which is not a clip of this video (0..3: int(duration / 2) clips)"),
+    (2, "duration", "6",
+     "duration must be a number of seconds >= 2 (one clip at least), got '6'"),
+    (1, "duration", 1.5,
+     "duration must be a number of seconds >= 2 (one clip at least), got 1.5"),
+])
+def test_inconsistent_highlight_ground_truth_names_qid_problem_and_file(tmp_path, qid, field, value, problem):
+    sub, gt = _toy_hd()
+    metrics.evaluate_qvh(sub, gt)                                   # the toy itself is fine
+    gt[qid - 1][field] = value
+    with pytest.raises(metrics.MetricsInputError, match=re.escape(f"ground truth qid {qid}: {problem}")):
+        metrics.evaluate_qvh(sub, gt)
+    err = _cli_error(_write_toy(tmp_path, sub, gt))
+    assert err.startswith(f"error: {tmp_path / 'gt.jsonl'}: ground truth qid {qid}: {problem}")
+
+
+def test_tvsum_prediction_shorter_than_the_video_is_refused_longer_is_cut(tmp_path):
+    label = np.array([[5, 1, 4, 2, 3, 5, 1, 2]] * 20, dtype=float).T.tolist()   # (8 clips, 20)
+    gt = [{"qid": "v", "label": label, "domain": "BK"}]
+    full = [0.8, 0.1, 0.7, 0.6, 0.2, 0.9, 0.3, 0.4]
+    message = ("submission qid 'v': pred_saliency_scores has 3 scores for a video of 8 shots "
+               "(one score per shot; the official would rank only the shots given)")
+    with pytest.raises(metrics.MetricsInputError, match=re.escape(message)):
+        metrics.evaluate_tvsum([{"qid": "v", "pred_saliency_scores": full[:3]}], gt)
+    args = _write_toy(tmp_path, [{"qid": "v", "pred_saliency_scores": full[:7]}], gt)
+    assert _cli_error(args + ["--dataset", "tvsum"]).startswith(
+        f"error: {tmp_path / 'sub.jsonl'}: submission qid 'v': pred_saliency_scores has 7 scores "
+        f"for a video of 8 shots")
+    # longer: cut to the video, as the official cuts the batch-padded model output
+    longer = metrics.evaluate_tvsum([{"qid": "v", "pred_saliency_scores": full + [5.0, 6.0]}], gt)
+    assert longer == metrics.evaluate_tvsum([{"qid": "v", "pred_saliency_scores": full}], gt)
+
+
+@needs_shared
+def test_tvsum_three_scores_for_the_74_shot_val_video_no_longer_raise_the_map():
+    gt = metrics.read_jsonl(TVSUM_VAL)
+    rng = np.random.default_rng(0)
+    sub = [{"qid": g["qid"], "pred_saliency_scores": rng.normal(size=len(g["label"])).tolist()} for g in gt]
+    assert metrics.evaluate_tvsum(sub, gt)["brief"]["mAP"] == 0.38898
+    short = next(s for s, g in zip(sub, gt) if len(g["label"]) == 74)
+    assert short["qid"] == "sTEELN-vY30"
+    short["pred_saliency_scores"] = short["pred_saliency_scores"][:3]   # used to score 0.43311
+    with pytest.raises(metrics.MetricsInputError, match="qid 'sTEELN-vY30': pred_saliency_scores "
+                                                         "has 3 scores for a video of 74 shots"):
+        metrics.evaluate_tvsum(sub, gt)
+
+
+@needs_shared
+def test_official_fixture_is_still_accepted_and_scores_exactly():
+    submission = metrics.read_jsonl(QVH_FIXTURES / "trdetr_val_preds.jsonl")
+    ground_truth = metrics.read_jsonl(QVH_FIXTURES / "highlight_val_release.jsonl")
+    duration = {g["qid"]: g["duration"] for g in ground_truth}
+    # what the new checks could have touched, present in the official file and still accepted:
+    # zero-length windows, saliency lists one clip short; no inverted window anywhere
+    assert sum(w[0] == w[1] for s in submission for w in s["pred_relevant_windows"]) == 9
+    assert sum(len(s["pred_saliency_scores"]) < int(duration[s["qid"]] / 2) for s in submission) == 13
+    assert not any(w[0] > w[1] for s in submission for w in s["pred_relevant_windows"])
+    expected = json.loads((QVH_FIXTURES / "trdetr_val_preds_metrics.json").read_text())
+    ours = metrics.evaluate_qvh(submission, ground_truth)
+    assert list(_flatten(ours)) == list(_flatten(expected)) and _flatten(ours) == _flatten(expected)
+
+
+def test_qvh_saliency_length_tolerance_is_the_officials():
+    # shorter lists are zero-padded and longer ones cut, as the official: both score
+    sub, gt = _toy_hd()
+    sub[0]["pred_saliency_scores"] = [0.9]
+    sub[1]["pred_saliency_scores"] = [0.1, 0.8, 0.2, 0.5, 0.7]
+    out = metrics.evaluate_qvh(sub, gt)
+    assert out["HL-min-Fair"]["HL-Hit1"] == 100.0
 
 
 # ==================================================================================================
@@ -1343,6 +1480,466 @@ def test_pretrain_reads_the_official_caption_folders(tmp_path):
     _d2_same_datasets(a, b, n_draws=2)
     assert data.main(["synthetic-pretrain", "--out", str(tmp_path / "cli"), "--n-videos", "1"]) == 0
     assert len((tmp_path / "cli" / "pre_train_synthetic.jsonl").read_text().splitlines()) == 15
+
+
+# ----------------------------------------------------------------------------- bad annotations
+
+_D23_GOOD = {"qid": 0, "query": "q", "duration": 150, "vid": "v1", "relevant_clip_ids": [0, 1],
+             "saliency_scores": [[1, 2, 3], [4, 4, 4]], "relevant_windows": [[0, 4]]}
+
+_D23_BAD_LINES = [   # (field, value, what the message says after "file:line: ")
+    ("relevant_windows", [[10, 4]], "relevant_windows[0] = [10, 4] starts after it ends"),
+    ("relevant_windows", [[0, 4], [140, 152]],
+     "relevant_windows[1] = [140, 152] ends past the video's duration 150"),
+    ("relevant_windows", [[-2, 4]], "relevant_windows[0] = [-2, 4] starts before 0"),
+    ("relevant_windows", [[4, 4]], "relevant_windows[0] = [4, 4] has zero width"),
+    ("relevant_windows", [[0, 2, 4]],
+     "relevant_windows[0] = [0, 2, 4] is not a window [start, end] of two numbers (seconds)"),
+    ("relevant_windows", [["0", "4"]],
+     "relevant_windows[0] = ['0', '4'] is not a window [start, end] of two numbers (seconds)"),
+    ("relevant_windows", [[0, float("nan")]],
+     "relevant_windows[0] = [0, nan] is not a window [start, end] of two numbers (seconds)"),
+    ("relevant_windows", [0, 4],
+     "relevant_windows[0] = 0 is not a window [start, end] of two numbers (seconds)"),
+    ("relevant_windows", None, "relevant_windows None is not a list of [start, end] windows"),
+    ("duration", "150", "duration '150' is not a positive number"),
+    ("duration", 0, "duration 0 is not a positive number"),
+    ("duration", -150, "duration -150 is not a positive number"),
+    ("relevant_clip_ids", [-3, 1],
+     "relevant_clip_ids[0] = -3 is not a clip index in 0..74 (duration 150 s, 2-s clips)"),
+    ("relevant_clip_ids", [0, 75],
+     "relevant_clip_ids[1] = 75 is not a clip index in 0..74 (duration 150 s, 2-s clips)"),
+    ("relevant_clip_ids", [0, 1.0],
+     "relevant_clip_ids[1] = 1.0 is not a clip index in 0..74 (duration 150 s, 2-s clips)"),
+    ("saliency_scores", [[1, 2], [4, 4, 4]],
+     "saliency_scores[0] = [1, 2] is not 3 annotators' scores in 0..4"),
+    ("saliency_scores", [[1, 2, 3], [4, 4, 4, 4]],
+     "saliency_scores[1] = [4, 4, 4, 4] is not 3 annotators' scores in 0..4"),
+    ("saliency_scores", [[1, 2, 3], [4, 4, 7]],
+     "saliency_scores[1] = [4, 4, 7] is not 3 annotators' scores in 0..4"),
+    ("saliency_scores", [[1, 2, 3], ["4", 4, 4]],
+     "saliency_scores[1] = ['4', 4, 4] is not 3 annotators' scores in 0..4"),
+    ("saliency_scores", [[1, 2, 3]], "1 saliency_scores triples for 2 relevant_clip_ids"),
+    ("qid", [1], "qid [1] is not a number or a string"),
+]
+
+
+@pytest.mark.parametrize("field,value,expected", _D23_BAD_LINES,
+                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(_D23_BAD_LINES)])
+def test_bad_annotation_line_is_one_message_naming_file_line_and_problem(tmp_path, field, value,
+                                                                         expected):
+    root = tmp_path / "qvh"
+    path = root / "highlight_val_release.jsonl"
+    bad = {**copy.deepcopy(_D23_GOOD), "qid": 1, field: value}
+    _data_write_jsonl(path, [_D23_GOOD, bad])
+    with pytest.raises(data.FeatureError) as err:
+        data.load_annotations(data.dataset_spec("qvh"), "val", root)
+    assert str(err.value) == f"{path}:2: {expected}"
+
+
+def test_every_split_is_validated_before_any_feature_is_read(tmp_path):
+    root, _, _ = _data_qvh_root(tmp_path)
+    spec = data.dataset_spec("qvh")
+    assert len(data.load_dataset(spec, root, "val", progress=False)) == 1   # the fixture is fine
+    # train: an inverted window (the matcher's misleading crash, mid-epoch, before)
+    train = root / "highlight_train_release.jsonl"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    rows[1]["relevant_windows"] = [[120, 114]]
+    _data_write_jsonl(train, rows)
+    with pytest.raises(data.FeatureError, match=f"^{train}:2: relevant_windows\\[0\\] = "
+                                                f"\\[120, 114\\] starts after it ends$"):
+        data.load_dataset(spec, root, "train", progress=False)
+    # val: a duplicate qid (one query trained or scored with another's text)
+    val = root / "highlight_val_release.jsonl"
+    _data_write_jsonl(val, [_D23_GOOD, {**_D23_GOOD, "query": "another"}])
+    with pytest.raises(data.FeatureError) as err:
+        data.load_dataset(spec, root, "val", progress=False)
+    assert str(err.value) == (f"{val}:2: duplicate qid 0 (first at {val}:1): every query needs "
+                              f"its own qid")
+    # test (unlabelled): only what it has is checked, duration as a string is refused
+    test = root / "highlight_test_release.jsonl"
+    _data_write_jsonl(test, [{"qid": 1, "query": "q", "duration": "120", "vid": "v2"}])
+    with pytest.raises(data.FeatureError, match=f"^{test}:1: duration '120' is not a positive"):
+        data.load_dataset(spec, root, "test", progress=False)
+    # several bad lines: the first, and how many more
+    _data_write_jsonl(val, [{**_D23_GOOD, "qid": q, "duration": "x"} for q in range(3)])
+    with pytest.raises(data.FeatureError) as err:
+        data.load_dataset(spec, root, "val", progress=False)
+    assert str(err.value) == (f"{val}:1: duration 'x' is not a positive number (2 more in {val}; "
+                              f"python data.py check lists every one)")
+
+
+def test_clip_ids_past_the_loaded_video_stay_tolerated_as_the_official_loader(tmp_path):
+    """v2 has duration 120 (clips 0..59) but 59 loaded rows: clip 59 is inside the duration, so
+    valid, and dropped from the labels (qvh_labels); clip 60 is past the duration: refused."""
+    root, _, _ = _data_qvh_root(tmp_path)
+    ds = data.load_dataset("qvh", root, "train", progress=False)
+    assert ds.annotations[1]["relevant_clip_ids"] == [57, 58, 59] and len(ds.videos["v2"]) == 59
+    assert ds[1]["relevant_mask"].sum() == 2
+    train = root / "highlight_train_release.jsonl"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    rows[1]["relevant_clip_ids"] = [58, 59, 60]
+    _data_write_jsonl(train, rows)
+    with pytest.raises(data.FeatureError, match=f"^{train}:2: relevant_clip_ids\\[2\\] = 60 is "
+                                                f"not a clip index in 0..59"):
+        data.load_dataset("qvh", root, "train", progress=False)
+
+
+def test_charades_and_lighthouse_annotation_files_are_named(tmp_path):
+    spec = data.dataset_spec("charades")
+    root = tmp_path / "charades"
+    good = {"qid": 0, "query": "q", "duration": 33.67, "vid": "AO8RW", "relevant_windows": [[0.0, 6.9]]}
+    _data_write_jsonl(root / "charades_sta_train_tvr_format.jsonl", [good])
+    test = root / "charades_sta_test_tvr_format.jsonl"
+    _data_write_jsonl(test, [{**good, "qid": 5, "relevant_windows": [[24.3, 34.0]]}])
+    assert data.load_annotations(spec, "train", root) == [good]
+    for split in ("test", "val"):                  # "val" reads the test file: validated too
+        with pytest.raises(data.FeatureError) as err:
+            data.load_annotations(spec, split, root)
+        assert str(err.value) == (f"{test}:1: relevant_windows[0] = [24.3, 34.0] ends past the "
+                                  f"video's duration 33.67")
+    light = tmp_path / "Charades"
+    path = light / "charades_train_release.jsonl"
+    _data_write_jsonl(path, [good, {**good, "qid": 1, "relevant_windows": [[7.3, 6.0]]}])
+    with pytest.raises(data.FeatureError, match=f"^{path}:2: relevant_windows\\[0\\] = \\[7.3, "
+                                                f"6.0\\] starts after it ends$"):
+        data.load_annotations(spec, "train", light)
+
+
+def _d23_tvsum_row(vid, n, rng, domain="BK"):
+    return {"qid": vid, "query": f"title of {vid}", "duration": n, "vid": vid,
+            "relevant_clip_ids": None, "relevant_windows": None,
+            "label": rng.integers(1, 6, size=(n, 20)).astype(float).tolist(), "domain": domain}
+
+
+def test_tvsum_jsonl_label_rows_and_domain(tmp_path):
+    rng = np.random.default_rng(0)
+    spec = data.dataset_spec("tvsum")
+    for name in ("tvsum_train.jsonl", "tvsum_train_release.jsonl"):   # official, lighthouse
+        root = tmp_path / name.split(".")[0]
+        path = root / name
+        row = _d23_tvsum_row("vidA", 6, rng)
+        _data_write_jsonl(path, [row])
+        assert data.load_annotations(spec, "train", root) == [row]
+        row["label"][2] = row["label"][2][:19]                  # one annotator short
+        _data_write_jsonl(path, [row])
+        with pytest.raises(data.FeatureError) as err:
+            data.load_annotations(spec, "train", root)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}:1: label[2] = [")
+        assert msg.endswith("is not 20 annotators' scores in 1..5")
+    _data_write_jsonl(path, [_d23_tvsum_row("vidA", 6, rng, domain="XX")])
+    with pytest.raises(data.FeatureError, match=f"^{path}:1: domain 'XX' is not a TVSum domain "
+                                                f"\\(VT, VU, GA, MS, PK, PR, FM, BK, BT, DS\\)$"):
+        data.load_annotations(spec, "train", root)
+
+
+def test_tvsum_umt_json_cut_short_missing_domain_and_bad_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    spec = data.dataset_spec("tvsum")
+    root = tmp_path / "tvsum"
+    root.mkdir()
+    anno_path, splits_path = root / "tvsum_anno.json", root / "tvsum_splits.json"
+    anno = {vid: {"domain": domain, "title": f"title {vid}", "anno": _d23_tvsum_row(vid, 5, rng)["label"]}
+            for vid, domain in (("vidA", "BK"), ("vidB", "BK"), ("vidC", "GA"), ("vidD", "GA"))}
+    splits = {"TVSUM_SPLITS": {"BK": {"train": ["vidA"], "val": ["vidB"]},
+                               "GA": {"train": ["vidC"], "val": ["vidD"]}}}
+    anno_path.write_text(json.dumps(anno))
+    splits_path.write_text(json.dumps(splits))
+    assert [r["qid"] for r in data.load_annotations(spec, "train", root)] == ["vidA", "vidC"]
+    # cut short (a truncated download): the file is named, not a bare JSONDecodeError
+    text = json.dumps(anno)
+    anno_path.write_text(text[:len(text) // 2])
+    with pytest.raises(data.FeatureError) as err:
+        data.load_annotations(spec, "train", root)
+    assert str(err.value).startswith(f"{anno_path}: not valid JSON at line 1, column ")
+    assert "(cut short or corrupted?)" in str(err.value)
+    anno_path.write_text(text)
+    # a domain missing from the splits: not a bare KeyError
+    del splits["TVSUM_SPLITS"]["GA"]
+    splits_path.write_text(json.dumps(splits))
+    with pytest.raises(data.FeatureError) as err:
+        data.load_annotations(spec, "val", root)
+    assert str(err.value) == (f"{splits_path}: no 'val' videos of domain 'GA', which {anno_path} "
+                              f"uses (domains there: BK)")
+    splits["TVSUM_SPLITS"]["GA"] = {"train": ["vidC"], "val": ["vidX"]}
+    splits_path.write_text(json.dumps(splits))
+    with pytest.raises(data.FeatureError, match=f"^{splits_path}: video 'vidX' \\(GA val\\) is not in "):
+        data.load_annotations(spec, "val", root)
+    # a label row with the wrong number of annotators: named by video
+    splits["TVSUM_SPLITS"]["GA"]["val"] = ["vidD"]
+    splits_path.write_text(json.dumps(splits))
+    anno["vidD"]["anno"][1] = [3.0] * 21
+    anno_path.write_text(json.dumps(anno))
+    with pytest.raises(data.FeatureError) as err:
+        data.load_annotations(spec, "val", root)
+    assert str(err.value).startswith(f"{anno_path}: video vidD: label[1] = [3.0, 3.0,")
+    assert str(err.value).endswith("is not 20 annotators' scores in 1..5")
+
+
+def test_pretraining_corpus_lines_are_validated(tmp_path):
+    root = tmp_path / "syn"
+    path = root / "pre_train_bad.jsonl"
+    line = {"qid": "a_0.0_10.0", "query": "q", "vid": "a", "duration": 150,
+            "relevant_windows": [[0.0, 10.0]]}
+    _data_write_jsonl(path, [line, {**line, "qid": "a_10.0_20.0", "relevant_windows": [[20.0, 10.0]]}])
+    with pytest.raises(data.FeatureError) as err:
+        data.load_pretrain_dataset("synthetic", path, root, progress=False)
+    assert str(err.value) == f"{path}:2: relevant_windows[0] = [20.0, 10.0] starts after it ends"
+    _data_write_jsonl(path, [line, line])
+    with pytest.raises(data.FeatureError, match=f"^{path}:2: duplicate qid 'a_0.0_10.0'"):
+        data.load_pretrain_dataset("synthetic", path, root, progress=False)
+    # the relevant_clip_ids / saliency_scores of such lines are ignored, as the official loader does
+    ok = {**line, "relevant_clip_ids": [-1], "saliency_scores": [[9.9]]}
+    pretrain_spec = dataclasses.replace(      # what load_pretrain_dataset validates with
+        data.dataset_spec("synthetic"), label_fields=(),
+        required_fields=("qid", "query", "duration", "vid", "relevant_windows"))
+    assert data.annotation_problems(pretrain_spec, [ok], ["x:1"]) == []
+
+
+_D23_FIXTURES = SHARED / "fixtures"
+
+
+@pytest.mark.skipif(not _D23_FIXTURES.exists(), reason="the shared data folder (fixtures) is not "
+                    "present: the real annotation files")
+def test_every_real_annotation_line_passes_the_rules():
+    """The rules never reject real data: every line of the released QVHighlights, Charades-STA and
+    TVSum files (and UMT's TVSum json, where present) is valid."""
+    cases = [("qvh", _D23_FIXTURES / "qvh", ("train", "val", "test")),
+             ("charades", _D23_FIXTURES / "charades", ("train", "test")),
+             ("tvsum", _D23_FIXTURES / "tvsum", ("train", "val"))]
+    if DATA_TVSUM.exists():
+        cases.append(("tvsum", DATA_TVSUM, ("train", "val")))
+    counts = {}
+    for name, folder, splits in cases:
+        spec = data.dataset_spec(name)
+        for split in splits:
+            rows, where, _ = data._read_split(spec, split, folder)
+            labelled = split not in spec.unlabelled_splits
+            assert data.annotation_problems(spec, rows, where, labelled) == []
+            assert data.load_annotations(spec, split, folder) == rows
+            counts[(name, folder.name, split)] = len(rows)
+    assert counts[("qvh", "qvh", "train")] == 7218 and counts[("charades", "charades", "train")] == 12404
+    assert counts[("tvsum", "tvsum", "train")] == 40
+
+
+@pytest.mark.skipif(not DATA_TVSUM.exists(), reason="the real TVSum features (shared data folder) "
+                    "are not present")
+def test_every_real_tvsum_feature_file_passes_the_value_check():
+    spec = data.dataset_spec("tvsum")
+    i3d, title = spec.video_streams[0], spec.text_streams[0]
+    files = sorted((DATA_TVSUM / "video_features").glob("*.npy"))
+    texts = sorted((DATA_TVSUM / "query_features").glob("*.npz"))
+    assert len(files) == 100 and len(texts) == 50
+    for stream, paths in ((i3d, files), (title, texts)):
+        for path in paths:
+            array = data._open_array(str(path), stream)
+            assert data._value_problem(str(path), data._as_float32(array), array) is None
+
+
+# ----------------------------------------------------------------------------- bad feature values
+
+def test_nan_inf_and_absurd_values_name_the_file_and_row(tmp_path):
+    root, raw, texts = _data_qvh_root(tmp_path)
+    sf = root / "slowfast_features" / "v1.npz"
+    broken = raw["v1"][0].astype(np.float16)
+    broken[3, 7] = np.nan
+    _data_npz(sf, features=broken)
+    for split in ("train", "val"):                 # val (the first evaluation) too, before training
+        with pytest.raises(data.FeatureError) as err:
+            data.load_dataset("qvh", root, split, progress=False)
+        assert str(err.value).startswith(
+            f"{sf}: row 3, column 7 holds NaN (1 of 80 rows hold NaN, inf or |x| > 10000, which no "
+            f"real feature does): a corrupt file; see README section")
+    broken[3, 7] = 0
+    broken[78, 0] = np.inf                         # a row the loader cuts (max_v_l 75): still bad
+    _data_npz(sf, features=broken)
+    with pytest.raises(data.FeatureError, match=f"^{sf}: row 78, column 0 holds inf"):
+        data.load_dataset("qvh", root, "train", progress=False)
+    _data_npz(sf, features=raw["v1"][0].astype(np.float16))
+    # 1e38 in a float32 file: L2 normalisation used to make it a silent row of zeros
+    cl = root / "clip_features" / "v2.npz"
+    big = raw["v2"][1].astype(np.float32)
+    big[10, 3] = 1e38
+    _data_npz(cl, features=big)
+    with pytest.raises(data.FeatureError, match=f"^{cl}: row 10, column 3 holds 1e\\+38 "):
+        data.load_dataset("qvh", root, "train", progress=False)
+    big[10, 3] = -2e4                               # just past the bound, in float16
+    _data_npz(cl, features=big.astype(np.float16))
+    with pytest.raises(data.FeatureError, match=f"^{cl}: row 10, column 3 holds -2e\\+04 "):
+        data.load_dataset("qvh", root, "train", progress=False)
+    wide = raw["v2"][1].astype(np.float64)
+    wide[10, 3] = 1e300                             # float64 past float32's range: its own value
+    _data_npz(cl, features=wide)
+    with pytest.raises(data.FeatureError, match=f"^{cl}: row 10, column 3 holds 1e\\+300 "):
+        data.load_dataset("qvh", root, "train", progress=False)
+    _data_npz(cl, features=raw["v2"][1].astype(np.float16))
+    text = root / "clip_text_features" / "qid1.npz"
+    bad_text = texts[1].astype(np.float16)
+    bad_text[2, 0] = -np.inf
+    _data_npz(text, last_hidden_state=bad_text)
+    with pytest.raises(data.FeatureError, match=f"^{text}: row 2, column 0 holds inf"):
+        data.load_dataset("qvh", root, "train", progress=False)
+
+
+def test_tvsum_npy_with_nan_is_named(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "tvsum"
+    row = _d23_tvsum_row("vidA", 9, rng)
+    _data_write_jsonl(root / "tvsum_train.jsonl", [row])
+    (root / "video_features").mkdir(parents=True)
+    rgb = rng.normal(size=(9, 1024)).astype(np.float32)
+    rgb[4, 1] = np.nan
+    np.save(root / "video_features" / "vidA_rgb.npy", rgb)
+    np.save(root / "video_features" / "vidA_opt.npy", rng.normal(size=(9, 1024)).astype(np.float32))
+    _data_npz(root / "query_features" / "vidA.npz", token=rng.normal(size=(5, 512)).astype(np.float16))
+    with pytest.raises(data.FeatureError,
+                       match=f"^{root / 'video_features' / 'vidA_rgb.npy'}: row 4, column 1 holds NaN"):
+        data.load_dataset("tvsum", root, "train", progress=False)
+
+
+def test_read_rows_on_good_files_is_bit_identical_to_the_official_read(tmp_path):
+    rng = np.random.default_rng(3)
+    stream = data.FeatureStream("x", 16)
+    for dtype in (np.float16, np.float32, np.float64):
+        values = (rng.normal(size=(80, 16)) * 5).astype(dtype)
+        path = tmp_path / f"{np.dtype(dtype).name}.npz"
+        _data_npz(path, features=values)
+        for max_rows in (75, None):
+            ours = data._read_rows(str(path), stream, max_rows)
+            official = np.load(path)["features"][:max_rows].astype(np.float32)
+            assert ours.dtype == np.float32 and ours.flags["C_CONTIGUOUS"]
+            assert ours.tobytes() == official.tobytes()
+
+
+# ----------------------------------------------------------------------------- python data.py check
+
+def test_check_reads_every_file_and_lists_problems_by_class(tmp_path, capsys):
+    root = tmp_path / "syn"
+    data.make_synthetic(root, n_train=6, n_val=3)
+    args = ["check", "--data", "synthetic", "--feat-root", str(root)]
+    assert data.main(args) == 0
+    captured = capsys.readouterr()
+    assert "read and checked 27 feature files" in captured.out
+    assert captured.out.rstrip().endswith("complete: every annotation line and feature file read, "
+                                          "no problem found")
+    assert "synthetic: reading feature files" in captured.err            # the progress bar
+    # a truncated .npz alone: it used to say "complete"
+    rows = [json.loads(line) for line in (root / "highlight_train_release.jsonl").read_text().splitlines()]
+    truncated = root / "slowfast_features" / f"{rows[0]['vid']}.npz"
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    assert data.main(args) == 1
+    out = capsys.readouterr().out
+    assert "  unreadable, truncated or malformed files (1):\n" in out
+    assert f"    cannot read {truncated}: " in out
+    assert out.rstrip().endswith("unusable (moment_detr layout): generate it with: python data.py "
+                                 f"synthetic --out {root}")
+    # one problem of every class at once, listed in this order
+    missing = root / "clip_features" / f"{rows[1]['vid']}.npz"
+    missing.unlink()
+    nan_file = root / "clip_text_features" / f"qid{rows[2]['qid']}.npz"
+    with np.load(nan_file) as z:
+        tokens = z["last_hidden_state"].copy()
+    tokens[1, 2] = np.nan
+    _data_npz(nan_file, last_hidden_state=tokens)
+    val = root / "highlight_val_release.jsonl"
+    val_rows = [json.loads(line) for line in val.read_text().splitlines()]
+    val_rows[2]["relevant_windows"] = [[8, 2]]
+    _data_write_jsonl(val, val_rows)
+    assert data.main(args) == 1
+    out = capsys.readouterr().out
+    headers = ["  missing files (1):", "  unreadable, truncated or malformed files (1):",
+               "  bad feature values (1):", "  bad annotations (1):"]
+    assert [out.index(h) for h in headers] == sorted(out.index(h) for h in headers)
+    assert (f"    1 of 6 train files missing from {root / 'clip_features'}, first: "
+            f"{missing.name}") in out
+    assert f"    {nan_file}: row 1, column 2 holds NaN" in out
+    assert f"    {val}:3: relevant_windows[0] = [8, 2] starts after it ends" in out
+    assert "  val   annotations: 3 queries, 1 with problems" in out
+    assert out.rstrip().endswith("incomplete (moment_detr layout): generate it with: python "
+                                 f"data.py synthetic --out {root}")
+
+
+def test_check_names_a_tvsum_anno_json_cut_short(tmp_path):
+    rng = np.random.default_rng(4)
+    root = tmp_path / "tvsum"
+    root.mkdir()
+    anno = {"vidA": {"domain": "BK", "title": "t", "anno": _d23_tvsum_row("vidA", 5, rng)["label"]}}
+    text = json.dumps(anno)
+    (root / "tvsum_anno.json").write_text(text[:-7])
+    (root / "tvsum_splits.json").write_text(json.dumps({"TVSUM_SPLITS": {"BK": {"train": ["vidA"],
+                                                                              "val": []}}}))
+    out = io.StringIO()
+    assert data.check("tvsum", str(root), out=out, progress=False) is False
+    text = out.getvalue()
+    assert "  unreadable, truncated or malformed files (2):" in text     # train and val
+    assert f"    {root / 'tvsum_anno.json'}: not valid JSON at line 1" in text
+
+
+# ----------------------------------------------------------------------------- concurrent generation
+
+_D23_GENERATE = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import data
+open({ready!r}, "w").close()
+while not os.path.exists({go!r}):
+    time.sleep(0.005)
+data.ensure_synthetic({root!r}, seed=0, n_train=40, n_val=10, progress=False)
+"""
+
+
+def test_two_processes_generating_one_synthetic_set_one_waits_same_files(tmp_path):
+    root, go = tmp_path / "syn", tmp_path / "go"
+    procs, ready = [], []
+    for i in range(2):
+        ready.append(tmp_path / f"ready{i}")
+        script = _D23_GENERATE.format(repo=str(DATA_HERE), ready=str(ready[i]), go=str(go),
+                                      root=str(root))
+        procs.append(subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 60
+    while not all(r.exists() for r in ready) and time.time() < deadline:
+        time.sleep(0.01)
+    go.touch()                                   # both start generating at the same moment
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    stderr = "".join(err for _, err in results)
+    assert stderr.count("generating the synthetic benchmark") == 1, stderr   # the other waited
+    assert not (root / data.SYNTHETIC_LOCK).exists()
+    assert not [p for p in root.rglob("*") if ".tmp" in p.name]
+    single = data.make_synthetic(tmp_path / "single", seed=0, n_train=40, n_val=10)
+    assert _data_digest(root) == _data_digest(single)
+
+
+def test_generation_waits_for_a_live_lock_and_takes_over_a_dead_ones(tmp_path, capsys):
+    root = tmp_path / "syn"
+    root.mkdir()
+    lock = root / data.SYNTHETIC_LOCK
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(holder.pid))
+        (root / "clip_features").mkdir()
+        leftover = root / "clip_features" / "x.npz.tmp999999999"   # a killed write's temporary
+        leftover.write_bytes(b"half")
+        worker = threading.Thread(target=data.ensure_synthetic, args=(root,),
+                                  kwargs=dict(n_train=6, n_val=2, progress=False))
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive() and not (root / data.SYNTHETIC_MARKER).exists()   # waiting
+    finally:
+        holder.kill()
+        holder.wait()                            # now its pid is gone: the lock is stale
+    worker.join(60)
+    assert not worker.is_alive() and (root / data.SYNTHETIC_MARKER).exists()
+    assert not lock.exists() and not leftover.exists()
+    err = capsys.readouterr().err
+    assert f"waiting for process {holder.pid}, which is writing the synthetic set in {root}" in err
+    # a lock file without a pid, long after it was made (its writer died at once): stale too
+    lock.write_text("")
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    path = data.ensure_synthetic_pretrain(root, n_videos=1, progress=False)
+    assert Path(path).exists() and not lock.exists()
 
 
 # ==================================================================================================
@@ -2843,17 +3440,88 @@ def test_train_end_to_end_writes_every_file_then_resumes(tmp_path, capsys):
     # A second run into the same directory is refused rather than overwriting it.
     with pytest.raises(SystemExit, match="already holds a run: continue it with --resume"):
         train.main(_train_args(root, results, "--epochs", "2"))
-    # Without a last.ckpt (killed during its first epoch) the message does not offer --resume.
-    (tmp_path / "killed").mkdir()
-    shutil.copy(results / "config.json", tmp_path / "killed" / "config.json")
-    with pytest.raises(SystemExit, match="stopped during its first epoch, before any checkpoint"):
-        train.main(_train_args(root, tmp_path / "killed", "--epochs", "2"))
+    # Without a last.ckpt (killed during its first epoch) the same command starts it again, and
+    # the temporary files of killed writes (a checkpoint's ~90 MB each) are removed.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(results / "config.json", killed / "config.json")
+    (killed / "log.txt").write_text("epoch 1 of the killed run\n")
+    (killed / "best.ckpt.tmp4242").write_bytes(b"half a checkpoint")
+    (killed / ".metrics.json.x1y2.tmp").write_text("{")
+    capsys.readouterr()
+    assert train.main(_train_args(root, killed, "--epochs", "1")) == 0
+    assert "stopped during its first epoch, before any checkpoint; starting it again" in \
+        capsys.readouterr().out
+    assert sorted(p.name for p in killed.iterdir() if "tmp" in p.name) == []
+    assert [l.split()[1] for l in (killed / "log.txt").read_text().splitlines()
+            if l.startswith("epoch ")] == ["1"]
     # Resuming a run that finished at epoch 2, extended to 3 epochs, trains only epoch 3.
     assert train.main(_train_args(root, results, "--epochs", "3", "--resume",
                                   str(results / "last.ckpt"))) == 0
     log = (results / "log.txt").read_text().splitlines()
     assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1", "2", "3"]
     assert torch.load(results / "last.ckpt", weights_only=False)["epoch"] == 3
+
+
+def test_bad_numbers_and_settings_are_refused_before_anything_is_written(tmp_path, capsys):
+    run_dir = tmp_path / "never"
+    for flag, value in (("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-1"),
+                        ("--eval-every", "0"), ("--epochs", "two")):
+        with pytest.raises(SystemExit):
+            train.main(["--data", "qvh", "--results-dir", str(run_dir), flag, value])
+        assert f"argument {flag}: " in capsys.readouterr().err
+    summary = ["--model", "trdetr", "--data", "qvh", "--summary", "--set"]
+    for setting, message in (("t2v_mask_bug=ture", "not a valid bool for t2v_mask_bug"),
+                             ("enc_layers=abc", "not a valid int for enc_layers"),
+                             ("enc_layers=-1", "Config enc_layers = -1 is out of range"),
+                             ("dropout=1.5", "Config dropout = 1.5 is out of range"),
+                             ("span_loss_coef=-2", "Config span_loss_coef = -2.0 is out of range"),
+                             ("hidden_dim=30", "hidden_dim 30 must be divisible by nheads 8")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            train.main(summary + [setting])
+    assert train.main(summary + ["t2v_mask_bug=TRUE"]) == 0 and not run_dir.exists()
+
+
+def test_a_checkpoint_keeps_its_settings(tmp_path):
+    root = _tiny_synthetic(tmp_path / "syn")
+    run_dir = tmp_path / "run"
+    assert train.main(_train_args(root, run_dir, "--epochs", "1")) == 0
+    last, best = str(run_dir / "last.ckpt"), str(run_dir / "best.ckpt")
+    before = (run_dir / "log.txt").read_text()
+    for extra, message in (
+            (["--set", "hidden_dim=64"], "--resume: the checkpoint's hidden_dim is 32, this command "
+                                         "asks for 64"),
+            (["--lr", "0.5"], "the checkpoint's lr is 0.0001, this command asks for 0.5"),
+            (["--domain", "GA"], "was trained with --domain None, not GA"),
+            (["--video-feats", "slowfast"], "was trained with --video-feats slowfast,clip, not slowfast"),
+            (["--amp"], "was trained with --amp None, not True")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            train.main(_train_args(root, run_dir, "--epochs", "2", "--resume", last, *extra))
+    with pytest.raises(SystemExit, match="holds weights only .*continue a run from its last.ckpt, or "
+                                         "fine-tune these weights with --init"):
+        train.main(_train_args(root, run_dir, "--epochs", "2", "--resume", best))
+    with pytest.raises(SystemExit, match="--eval-only: the checkpoint's hidden_dim is 32"):
+        train.main(_train_args(root, tmp_path / "ev", "--eval-only", "--resume", best,
+                               "--set", "hidden_dim=64"))
+    assert (run_dir / "log.txt").read_text() == before                # nothing was written
+    assert train.main(_train_args(root, run_dir, "--epochs", "2", "--resume", last)) == 0
+
+
+def test_an_interrupted_run_says_how_to_go_on(tmp_path, monkeypatch):
+    root = _tiny_synthetic(tmp_path / "syn")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "train", interrupt)
+    with pytest.raises(SystemExit, match="before the first checkpoint: run the same command again"):
+        train.main(_train_args(root, tmp_path / "a", "--epochs", "1"))
+    assert not (tmp_path / "a" / train.LOCK_FILE).exists()
+    monkeypatch.undo()
+    assert train.main(_train_args(root, tmp_path / "b", "--epochs", "1")) == 0
+    monkeypatch.setattr(train, "train", interrupt)
+    with pytest.raises(SystemExit, match=re.escape(f"continue with --resume {tmp_path / 'b' / 'last.ckpt'}")):
+        train.main(_train_args(root, tmp_path / "b", "--epochs", "2", "--resume",
+                               str(tmp_path / "b" / "last.ckpt")))
 
 
 def test_last_checkpoint_is_written_at_most_once_a_minute_and_after_the_last_epoch(tmp_path,
@@ -3410,8 +4078,8 @@ def test_tvsum_all_domains_then_the_table_beside_the_paper_and_parallel_domains(
     (out / "DS" / "last.ckpt").unlink()
     capsys.readouterr()
     assert train.main(args) == 0 and calls == ["DS", "DS"]
-    assert (f"DS: {out / 'DS'} stopped during its first epoch, before any checkpoint; starting "
-            f"it again") in capsys.readouterr().out
+    assert (f"{out / 'DS'}: the run there stopped during its first epoch, before any "
+            f"checkpoint; starting it again") in capsys.readouterr().out
     log = (out / "DS" / "log.txt").read_text().splitlines()
     assert [l.split()[1] for l in log if l.startswith("epoch ")] == ["1"]
     assert (out / "DS" / "last.ckpt").is_file()

@@ -32,7 +32,6 @@ import math
 import os
 import random
 import resource
-import shutil
 import sys
 import time
 
@@ -57,6 +56,8 @@ MAX_WINDOW_END = 150.0
 QVH_TEST_GT = "highlight_test_with_gt.jsonl"   # moment_detr's labelled test file (released later)
 CHECKPOINT_EVERY_S = 60.0                     # last.ckpt: after epoch 1, then at most once a minute
 LOCK_FILE = "running.pid"
+# What a run writes into its folder (a run stopped before its first checkpoint is cleared of them).
+RUN_FILES = ("config.json", "log.txt", "best.ckpt", "val_preds", "metrics", "timing.json")
 # The per-evaluation line shows the papers' headline columns (all of a shorter brief block).
 HEADLINE_KEYS = ("MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU",
                  "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-full-mAP",
@@ -85,11 +86,11 @@ def parse_args(argv=None):
     a("--text-feats", metavar="A,B", help="text streams (default clip; VideoLights-B: clip,blip)")
     a("--domain", choices=data.TVSUM_DOMAINS, help="TVSum: this domain only (default: all 10)")
     a("--results-dir", help="where the run writes (default: results/<model>_<data>)")
-    a("--epochs", type=int, help="override the config's epochs")
-    a("--batch-size", type=int, help="override the config's batch size")
-    a("--lr", type=float, help="override the config's learning rate")
+    a("--epochs", type=positive(int), help="override the config's epochs")
+    a("--batch-size", type=positive(int), help="override the config's batch size")
+    a("--lr", type=positive(float), help="override the config's learning rate")
     a("--seed", type=int, help="override the config's (official) seed")
-    a("--eval-every", type=int, help="evaluate every N epochs")
+    a("--eval-every", type=positive(int), help="evaluate every N epochs")
     a("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
       help="override any Config field, e.g. --set enc_layers=3 (repeatable)")
     a("--resume", metavar="CKPT", help="continue the run of this last.ckpt; with --eval-only: "
@@ -120,9 +121,59 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def positive(kind):
+    """An argparse type: a number > 0 (an epoch count, batch size, learning rate or interval of 0
+    or less would fail later, or train nothing and report "best -inf")."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def parse_field(name, text, current):
+    """--set NAME=TEXT, parsed as the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true, false, 1 or 0")
+            return text.lower() in ("true", "1")
+        if isinstance(current, (int, float, str)):
+            return type(current)(text)
+        value = json.loads(text)
+        return tuple(value) if isinstance(current, tuple) else value
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"--set {name}={text}: not a valid {type(current).__name__} for {name} "
+                         f"(now {current!r}): {err}") from None
+
+
+def check_config(cfg):
+    """Values no run can use, refused before anything is written: sizes and counts below 1,
+    dropout outside [0, 1), negative loss weights, a hidden size the heads do not divide."""
+    for field in dataclasses.fields(cfg):
+        name, value = field.name, getattr(cfg, field.name)
+        low = ((0 if name == "feedback_start" else 1) if type(value) is int and name != "seed"
+               else 0 if "coef" in name or name.startswith("lw_") or name in ("weight_decay",
+                                                                             "grad_clip") else None)
+        bad = ((low is not None and value < low) or ("dropout" in name and not 0 <= value < 1)
+               or ((name == "lr" or "temperature" in name or name.endswith("_tau")) and value <= 0)
+               or (name == "ema_decay" and not 0 <= value < 1)
+               or (name == "strides" and not all(isinstance(v, int) and v > 0 for v in value)))
+        if bad:
+            raise SystemExit(f"Config {name} = {value!r} is out of range")
+    if cfg.hidden_dim % cfg.nheads:
+        raise SystemExit(f"Config hidden_dim {cfg.hidden_dim} must be divisible by nheads {cfg.nheads}")
+
+
 def build_config(module, args, saved=None):
     """The run's Config: the saved one when resuming, else the model's official defaults for the
-    dataset (or its pretraining recipe); then the command-line overrides, checked against the fields."""
+    dataset (or its pretraining recipe); then the command-line overrides, checked against the
+    fields. A resumed or evaluated checkpoint keeps its settings: only --epochs (to extend a run)
+    and eval_batch_size may differ; anything else would not fit its weights or its optimiser."""
     if saved is not None:
         cfg = module.Config(**saved)
     else:
@@ -138,14 +189,16 @@ def build_config(module, args, saved=None):
         if not sep or name not in fields:
             raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
                              f"{', '.join(sorted(fields))}")
-        current = getattr(cfg, name)
-        if isinstance(current, bool):          # parsed as the field's current type
-            changes[name] = text.lower() in ("1", "true", "yes")
-        elif isinstance(current, (int, float, str)):
-            changes[name] = type(current)(text)
-        else:
-            changes[name] = json.loads(text)
-    return dataclasses.replace(cfg, **changes)
+        changes[name] = parse_field(name, text, getattr(cfg, name))
+    for name, value in changes.items():
+        if saved is not None and name not in ("epochs", "eval_batch_size") and value != getattr(cfg, name):
+            raise SystemExit(f"{'--resume' if not args.eval_only else '--eval-only'}: the "
+                             f"checkpoint's {name} is {getattr(cfg, name)!r}, this command asks "
+                             f"for {value!r}; a checkpoint keeps its settings (start a new run, or "
+                             f"fine-tune its weights with --init)")
+    cfg = dataclasses.replace(cfg, **changes)
+    check_config(cfg)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -323,6 +376,12 @@ def claim_results_dir(results_dir):
             continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
+        # Temporary files of writes that a kill interrupted (~90 MB each for a checkpoint): the
+        # folder is this process's now, so nothing else is writing them.
+        for name in os.listdir(results_dir):
+            if ".tmp" in name and name.split(".tmp")[-1].isdigit() or (
+                    name.startswith(".") and name.endswith(".tmp")):
+                os.remove(os.path.join(results_dir, name))
         return path
     raise SystemExit(f"could not claim {results_dir} ({path} keeps reappearing)")
 
@@ -385,7 +444,10 @@ def predict_split(model, module, dataset, cfg, device, data_name, show_progress=
                         batch["query_feats"], batch["query_mask"], epoch=epoch)
         # (B, N, 3) for the DETR models, a list of B (n_i, 3) for FlashVTG
         windows, saliency = module.predict(outputs, batch["video_mask"])
-        windows = [w.float().cpu() for w in windows]
+        if torch.is_tensor(windows):                    # one copy to the host, not one per sample
+            windows = list(windows.float().cpu())
+        else:
+            windows = list(torch.cat(windows).float().cpu().split([len(w) for w in windows]))
         saliency = saliency.float().cpu()
         for i, meta in enumerate(batch["meta"]):
             n_clips = meta["n_clips"]
@@ -456,13 +518,19 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
     """Train (or with --eval-only evaluate) one model on one dataset or TVSum domain, holding
     results_dir/running.pid meanwhile. Returns the best evaluation's brief metrics."""
     last_path = os.path.join(results_dir, "last.ckpt")
-    if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
-        raise SystemExit(f"{results_dir} already holds a run: continue it with --resume {last_path}, "
-                         f"or pass another --results-dir" if os.path.isfile(last_path) else
-                         f"{results_dir} holds a run that stopped during its first epoch, before "
-                         f"any checkpoint: delete that folder to start it again, or pass another "
-                         f"--results-dir")
     lock = claim_results_dir(results_dir)
+    if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
+        if os.path.isfile(last_path):                # never overwrite a run's files
+            os.remove(lock)
+            raise SystemExit(f"{results_dir} already holds a run: continue it with --resume "
+                             f"{last_path}, or pass another --results-dir")
+        # Stopped during its first epoch, before any checkpoint: nothing to resume from, so the
+        # same command starts it again (at most one epoch is lost).
+        print(f"{results_dir}: the run there stopped during its first epoch, before any "
+              f"checkpoint; starting it again")
+        for name in os.listdir(results_dir):
+            if name.startswith(RUN_FILES):
+                os.remove(os.path.join(results_dir, name))
     try:
         device = setup_device(args)
         seed_everything(cfg.seed)
@@ -490,6 +558,10 @@ def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint
                                  device, domain)
         return train(args, module, cfg, model, criterion, datasets["train"], evalset, spec,
                      feat_root, results_dir, domain, checkpoint, device)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: continue with --resume {last_path}" if os.path.isfile(
+            last_path) else "interrupted before the first checkpoint: run the same command again "
+            "to start over") from None
     finally:
         if os.path.exists(lock):
             os.remove(lock)
@@ -640,7 +712,7 @@ def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_di
 def train_all_domains(args, module, cfg, spec, feat_root, results_dir):
     """TVSum without --domain: the ten domains in turn, one run each in <results>/<domain>/. Hours
     on a CPU, so the same command again reuses finished domains (timing.json is written last) and
-    resumes an interrupted one; one killed before its first checkpoint is started again."""
+    resumes an interrupted one (run() starts one killed before its first checkpoint again)."""
     best = {}
     for domain in data.TVSUM_DOMAINS:
         sub, checkpoint = os.path.join(results_dir, domain), None
@@ -662,10 +734,6 @@ def train_all_domains(args, module, cfg, spec, feat_root, results_dir):
             if os.path.isfile(os.path.join(sub, "last.ckpt")):
                 print(f"{domain}: resuming the interrupted run in {sub}")
                 checkpoint = read_checkpoint(os.path.join(sub, "last.ckpt"), domain)
-            else:
-                print(f"{domain}: {sub} stopped during its first epoch, before any checkpoint; "
-                      f"starting it again")
-                shutil.rmtree(sub)
         best[domain] = run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
     print("TVSum top-5 mAP, best evaluation per domain: "
           + " ".join(f"{d} {100 * v:.1f}" for d, v in best.items())
@@ -679,22 +747,33 @@ def train_all_domains(args, module, cfg, spec, feat_root, results_dir):
 def main(argv=None):
     args = parse_args(argv)
     module = MODELS[args.model]
+    if (args.test_gt or args.eval_split) and not args.eval_only:
+        raise SystemExit("--test-gt and --eval-split go with --eval-only --resume CKPT")
     checkpoint = None
     if args.resume:
         checkpoint = read_checkpoint(args.resume, "--resume")
         if (checkpoint.get("model_name"), checkpoint.get("data")) != (args.model, args.data):
             raise SystemExit(f"--resume: {args.resume} is a {checkpoint.get('model_name')} run on "
                              f"{checkpoint.get('data')}, not {args.model} on {args.data}")
-        # A resumed run goes on with its pretraining corpus, precision and feature streams.
+        if not args.eval_only and "optimizer" not in checkpoint:
+            raise SystemExit(f"--resume: {args.resume} holds weights only (a best.ckpt): continue "
+                             f"a run from its last.ckpt, or fine-tune these weights with --init")
+        # A resumed run goes on with its domain, pretraining corpus, precision and feature streams;
+        # a flag that asks for another one is refused (it would not fit the weights or the run).
         streams = checkpoint.get("streams") or {}
-        args.pretrain = args.pretrain or checkpoint.get("pretrain")
-        args.amp = args.amp or bool(checkpoint.get("amp"))
-        args.video_feats = args.video_feats or streams.get("video")
-        args.text_feats = args.text_feats or streams.get("text")
+        for flag, asked, saved in (("--domain", args.domain, checkpoint.get("domain")),
+                                   ("--video-feats", args.video_feats, streams.get("video")),
+                                   ("--text-feats", args.text_feats, streams.get("text")),
+                                   ("--pretrain", args.pretrain, checkpoint.get("pretrain")),
+                                   ("--amp", args.amp or None, checkpoint.get("amp") or None)):
+            if asked is not None and asked != saved and not (flag == "--amp" and args.eval_only):
+                raise SystemExit(f"{flag}: {args.resume} was trained with {flag} {saved}, not "
+                                 f"{asked}; a checkpoint keeps its settings")
+        args.domain, args.pretrain = checkpoint.get("domain"), checkpoint.get("pretrain")
+        args.amp = bool(checkpoint.get("amp")) if not args.eval_only else args.amp
+        args.video_feats, args.text_feats = streams.get("video"), streams.get("text")
     elif args.eval_only:
         raise SystemExit("--eval-only needs --resume CKPT (the weights to evaluate)")
-    if (args.test_gt or args.eval_split) and not args.eval_only:
-        raise SystemExit("--test-gt and --eval-split go with --eval-only --resume CKPT")
     if args.init and args.resume:
         raise SystemExit("--init starts a new run from a checkpoint's weights; it does not go "
                          "with --resume or --eval-only")
@@ -758,6 +837,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (data.FeatureError, TrainingError) as err:
         sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: continue with --resume <results dir>/last.ckpt (a run stopped in "
-                 "its first epoch has none: delete its folder and run the same command again)")
+    except KeyboardInterrupt:         # outside a run (while loading or generating data)
+        sys.exit("interrupted")
