@@ -1,10 +1,11 @@
-"""Pieces shared by the DETR-family moment retrieval models (TR-DETR, TaskWeave, VideoLights).
+"""Pieces several models share: copy this file beside any one model file and that model works.
 
-All of them descend from Moment-DETR (Lei et al., NeurIPS 2021) and QD-DETR (Moon et al., CVPR 2023):
-a decoder emits a fixed set of Nq candidate moments, a Hungarian matcher pairs some of them with the
-ground-truth moments, and the matched pairs are regressed while the rest learn to say "no moment".
-A per-clip saliency (highlight) score is trained with ranking losses. This file holds those common
-parts, in reading order:
+TR-DETR, TaskWeave and VideoLights descend from Moment-DETR (Lei et al., NeurIPS 2021) and QD-DETR
+(Moon et al., CVPR 2023): a decoder emits a fixed set of Nq candidate moments, a Hungarian matcher
+pairs some of them with the ground-truth moments, and the matched pairs are regressed while the
+rest learn to say "no moment". All four models, FlashVTG too, train a per-clip saliency (highlight)
+score with the same ranking losses, and all predictions go through the official post-processing.
+This file holds those common parts, in reading order:
 
   1. span utilities      span_cxw_to_xx, span_xx_to_cxw, temporal_iou, generalized_temporal_iou
   2. the matcher         HungarianMatcher

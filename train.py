@@ -19,9 +19,10 @@ tools/ holds what is not the loop: comparison and benchmark, TVSum report, predi
 
 The model contract (see trdetr.py): `Config`, `default_config(dataset)`, `build(cfg, video_dim,
 text_dim) -> (model, loss)`, `model(video_feats, video_mask, query_feats, query_mask, epoch=None)`,
-`loss(outputs, batch, epoch=None) -> (total, terms)`, `predict(outputs, video_mask) -> (windows,
-saliency)`; `epoch` is 0-based (None at standalone inference). Optional: `data_settings(dataset)`,
-`pretrain_config(cfg)`, `nms(windows, cfg)` (when cfg.nms_thd > 0), Config fields `ema_decay`, `lr_gamma`.
+`loss(outputs, batch, epoch=None) -> (total, terms)` (terms: detached 0-dim tensors),
+`predict(outputs, video_mask) -> (windows, saliency)`; `epoch` is 0-based (None at standalone
+inference). Optional: `data_settings(dataset)`, `pretrain_config(cfg)`, `nms(windows, cfg)` (when
+cfg.nms_thd > 0), the Config fields `ema_decay` and `lr_gamma`.
 """
 
 import argparse
