@@ -4239,6 +4239,28 @@ def test_readme_and_docs_tvsum_rows_are_the_committed_result_files(capsys):
     assert checked == 3                     # TR-DETR, TaskWeave and VideoLights have three seeds
 
 
+def test_docs_official_code_rows_are_the_committed_official_result_file():
+    # docs/tvsum.md's table of the official TR-DETR code beside ours: every number of the official
+    # rows is docs/tvsum/official/trdetr_seed2018.json, ours are docs/tvsum/trdetr_seed2018.json.
+    official = json.loads((REPO / "docs" / "tvsum" / "official" / "trdetr_seed2018.json").read_text())
+    ours = json.loads((REPO / "docs" / "tvsum" / "trdetr_seed2018.json").read_text())
+    done = official["finished"]
+    assert done and set(done) <= set(data.TVSUM_DOMAINS) and official["seed"] == ours["seed"] == 2018
+    lines = (REPO / "docs" / "tvsum.md").read_text().splitlines()
+
+    def cells(label):
+        (line,) = [l for l in lines if l.startswith(f"| {label} |")]
+        return [c.strip() for c in line.strip().strip("|").split("|")][1:]
+
+    def expected(values):
+        shown = [f"{100 * values[d]:.1f}" if d in done else "-" for d in data.TVSUM_DOMAINS]
+        return shown + [f"{100 * sum(values[d] for d in done) / len(done):.1f}"]
+    for key, what in (("mAP", "best epoch"), ("mean_of_evaluations", "mean of all 400 evaluations")):
+        assert cells(f"official TR-DETR code, seed 2018, {what}") == expected(official[key])
+        assert cells(f"ours (trdetr.py), seed 2018, {what}") == expected(ours[key])
+    assert all(official["evaluations"][d] == 400 for d in done)
+
+
 def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
     runs = [_tvsum_table_file(tmp_path / f"s{seed}", "trdetr", seed, [base + i / 100 for i in range(10)])
             for seed, base in ((1, 0.5), (2, 0.6), (3, 0.7))]
