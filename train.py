@@ -710,31 +710,46 @@ def evaluate_only(args, module, model, cfg, spec, feat_root, dataset, results_di
     return evaluated[""][1]["brief"]
 
 
+def domain_state(sub, model_name, cfg):
+    """Where one domain's folder stands: "new", "running" (a live process holds it), "finished"
+    (timing.json is written last), "interrupted" (resumable from last.ckpt) or "first epoch"
+    (stopped before any checkpoint). A run of another configuration is refused, never mixed in."""
+    config_path = os.path.join(sub, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            saved = json.load(f)
+        if (saved.get("model"), saved.get("config")) != (model_name, json.loads(json.dumps(
+                dataclasses.asdict(cfg)))):
+            raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
+                             f"than this command's; pass another --results-dir")
+    if lock_holder(sub):
+        return "running"
+    if not os.path.isfile(config_path):
+        return "new"
+    if os.path.isfile(os.path.join(sub, "timing.json")):
+        return "finished"
+    return "interrupted" if os.path.isfile(os.path.join(sub, "last.ckpt")) else "first epoch"
+
+
 def train_all_domains(args, module, cfg, spec, feat_root, results_dir):
     """TVSum without --domain: the ten domains in turn, one run each in <results>/<domain>/. Hours
-    on a CPU, so the same command again reuses finished domains (timing.json is written last) and
-    resumes an interrupted one (run() starts one killed before its first checkpoint again)."""
+    on a CPU, so the same command again reuses finished domains and resumes an interrupted one
+    (run() starts one stopped before its first checkpoint again)."""
     best = {}
     for domain in data.TVSUM_DOMAINS:
         sub, checkpoint = os.path.join(results_dir, domain), None
-        if lock_holder(sub):
+        state = domain_state(sub, args.model, cfg)
+        if state == "running":
             raise SystemExit(f"{domain}: {sub} is being trained into by process {lock_holder(sub)}; "
                              f"run this command again once it has ended (finished domains are reused)")
-        if os.path.isfile(os.path.join(sub, "config.json")):
-            with open(os.path.join(sub, "config.json")) as f:
-                saved = json.load(f)
-            if (saved.get("model"), saved.get("config")) != (args.model, json.loads(json.dumps(
-                    dataclasses.asdict(cfg)))):
-                raise SystemExit(f"{sub} holds a {saved.get('model')} run with another "
-                                 f"configuration than this command's; pass another --results-dir")
-            if os.path.isfile(os.path.join(sub, "timing.json")):
-                with open(os.path.join(sub, "metrics.json")) as f:
-                    best[domain] = json.load(f)["brief"]["mAP"]
-                print(f"{domain}: finished run found in {sub}, reused")
-                continue
-            if os.path.isfile(os.path.join(sub, "last.ckpt")):
-                print(f"{domain}: resuming the interrupted run in {sub}")
-                checkpoint = read_checkpoint(os.path.join(sub, "last.ckpt"), domain)
+        if state == "finished":
+            with open(os.path.join(sub, "metrics.json")) as f:
+                best[domain] = json.load(f)["brief"]["mAP"]
+            print(f"{domain}: finished run found in {sub}, reused")
+            continue
+        if state == "interrupted":
+            print(f"{domain}: resuming the interrupted run in {sub}")
+            checkpoint = read_checkpoint(os.path.join(sub, "last.ckpt"), domain)
         best[domain] = run(args, module, cfg, spec, feat_root, sub, domain, checkpoint)["mAP"]
     print("TVSum top-5 mAP, best evaluation per domain: "
           + " ".join(f"{d} {100 * v:.1f}" for d, v in best.items())

@@ -16,7 +16,6 @@ to train.py as it is. A domain another command is training is waited for, then r
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -152,25 +151,6 @@ def summary(paths):
     return 0
 
 
-def domain_state(sub, model_name, cfg):
-    """"new", "running" (a live process holds it), "finished", "interrupted" (has last.ckpt) or
-    "first epoch" (killed before any checkpoint). A run of another configuration is refused."""
-    config_path = os.path.join(sub, "config.json")
-    if os.path.isfile(config_path):
-        saved = read_json(config_path)
-        if (saved.get("model"), saved.get("config")) != (model_name, json.loads(json.dumps(
-                dataclasses.asdict(cfg)))):
-            raise SystemExit(f"{sub} holds a {saved.get('model')} run with another configuration "
-                             f"than this command's; pass another --results-dir")
-    if train.lock_holder(sub):
-        return "running"
-    if not os.path.isfile(config_path):
-        return "new"
-    if os.path.isfile(os.path.join(sub, "timing.json")):
-        return "finished"
-    return "interrupted" if os.path.isfile(os.path.join(sub, "last.ckpt")) else "first epoch"
-
-
 def train_in_parallel(jobs, train_argv):
     """The unfinished domains, `jobs` at a time, each a child `train.py` process (see the module
     docstring). A failed domain does not stop the others; failures are reported at the end."""
@@ -183,7 +163,7 @@ def train_in_parallel(jobs, train_argv):
     cfg = train.build_config(train.MODELS[targs.model], targs)
     results_dir = targs.results_dir or os.path.join("results", f"{targs.model}_tvsum")
     todo = [d for d in data.TVSUM_DOMAINS
-            if domain_state(os.path.join(results_dir, d), targs.model, cfg) != "finished"]
+            if train.domain_state(os.path.join(results_dir, d), targs.model, cfg) != "finished"]
     threads = max(1, torch.get_num_threads() // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     print(f"training {len(todo)} domain(s) ({' '.join(todo)}), {jobs} at a time, {threads} "
@@ -197,7 +177,7 @@ def train_in_parallel(jobs, train_argv):
             while todo and len(running) < jobs:
                 domain = todo.pop(0)
                 sub = os.path.join(results_dir, domain)
-                state = domain_state(sub, targs.model, cfg)
+                state = train.domain_state(sub, targs.model, cfg)
                 if state == "finished":
                     print(f"{domain}: finished meanwhile by another command, reused")
                     continue
