@@ -1187,6 +1187,26 @@ def collate(items):
     }
 
 
+def pin_memory(dataset, device):
+    """Whether a DataLoader should page-lock batches (a non-blocking copy needs them): on a GPU,
+    when the features stay on the host."""
+    on_host = next(iter(dataset.videos.values())).device.type == "cpu"
+    return device.type == "cuda" and torch.cuda.is_available() and on_host
+
+
+def keep_on_device(choice, device, datasets):
+    """train.py --keep-on-device: "auto" keeps the splits' features on a GPU when they take under
+    half of its free memory (QVHighlights train + val: ~7 GB in float32), leaving the rest to the
+    model. Returns whether they go there (then `MomentDataset.to` moves them)."""
+    if choice == "off" or device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    needed = sum(d.feature_bytes() for d in datasets)
+    if choice == "on" or needed < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        print(f"features on {device}: {needed / 2 ** 30:.2f} GiB")
+        return True
+    return False
+
+
 # ----------------------------------------------------------------------------- synthetic benchmark
 #
 # Why it is learnable, and how hard it is
@@ -1460,7 +1480,8 @@ def make_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_no
         dirs += list(_blip_dirs())
     for dirname in dirs:
         os.makedirs(os.path.join(root, dirname), exist_ok=True)
-    _remove_stale_temporaries(root, dirs)
+    for dirname in dirs:
+        remove_stale_temporaries(os.path.join(root, dirname))
 
     rng = np.random.default_rng(seed)
     world = _synthetic_world(rng, n_concepts, dims)
@@ -1517,35 +1538,40 @@ def _lock_owner(path):
     return (int(text) if text.isdigit() else None), age
 
 
+def lock_holder(path):
+    """The pid of the live process (not this one) that holds the lock file `path`, else None."""
+    owner = _lock_owner(path)[0]
+    return owner if owner and owner != os.getpid() and _pid_alive(owner) else None
+
+
 @contextlib.contextmanager
-def _generation_lock(root):
-    """Hold root/GENERATING.pid while generating into root. Processes that want the same set at
-    once (tools/compare.py starts one per model) would otherwise all write it; the others wait
-    here, then find it complete. The lock of a killed process (its pid gone) is taken over."""
-    os.makedirs(root, exist_ok=True)
-    path = os.path.join(root, SYNTHETIC_LOCK)
+def hold_lock(path, busy=None, doing="holds it"):
+    """Hold the lock file `path` (it holds this pid) for a with-block, so that two processes never
+    write one folder at once: synthetic generation, a training run's results folder. The O_EXCL
+    create is atomic, so one process wins. Held by a live process: raise SystemExit(busy with
+    {who} filled in), or without `busy` wait for it, saying what the holder is `doing`. A lock
+    whose process is gone is taken over, as is one still without a pid 10 s after it was made
+    (its creator died before writing it)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     waiting = False
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)   # atomic: one process wins
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             pass
         owner, age = _lock_owner(path)
         if age is None:                   # released meanwhile
             continue
-        # A dead owner, or a file still without a pid long after it was made (its creator died
-        # between creating and writing it): stale.
-        if (owner is not None and not _pid_alive(owner)) or (owner is None and age > 10):
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
+        if (owner is None and age > 10) or (owner is not None and not lock_holder(path)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)           # stale
             continue
+        who = f"process {owner}" if owner else "another process"
+        if busy:
+            raise SystemExit(busy.format(who=who))
         if not waiting:
-            who = f"process {owner}" if owner else "another process"
-            print(f"waiting for {who}, which is writing the synthetic set in {root} ({path}) ...",
-                  file=sys.stderr)
+            print(f"waiting for {who}, which {doing} ({path}) ...", file=sys.stderr)
             waiting = True
         time.sleep(0.1)
     with os.fdopen(fd, "w") as f:
@@ -1557,14 +1583,14 @@ def _generation_lock(root):
             os.remove(path)
 
 
-def _remove_stale_temporaries(root, dirnames):
-    """Temporary files of writes that a kill interrupted (`_write_npz`: NAME.tmp<pid>, pid gone)."""
-    for dirname in dirnames:
-        directory = os.path.join(root, dirname)
-        for name in os.listdir(directory):
-            pid = name.rpartition(".tmp")[2]
-            if ".tmp" in name and pid.isdigit() and not _pid_alive(int(pid)):
-                os.remove(os.path.join(directory, name))
+def remove_stale_temporaries(directory):
+    """Temporary files of writes that a kill interrupted: NAME.tmp<pid> (torch.save, _write_npz)
+    and .NAME.*.tmp (metrics.write_text_atomic). Call it holding the folder's lock (`hold_lock`):
+    then nothing else is writing them."""
+    for name in os.listdir(directory):
+        killed_save = ".tmp" in name and name.rpartition(".tmp")[2].isdigit()
+        if killed_save or (name.startswith(".") and name.endswith(".tmp")):
+            os.remove(os.path.join(directory, name))
 
 
 def _marker_matches(path, wanted, also_ok=None):
@@ -1587,14 +1613,15 @@ def ensure_synthetic(root, seed=0, n_train=1000, n_val=300, n_concepts=8, video_
     overwrites files by name and deletes nothing. A set written with blip=True also serves
     blip=False (its other files are the same); a blip=False set is completed by regenerating.
     Processes calling this for one folder at once: one generates, the others wait for it
-    (`_generation_lock`)."""
+    (`hold_lock`)."""
     args = (seed, n_train, n_val, n_concepts, video_noise, text_noise)
     with_blip = None if dims else _synthetic_params(*args, blip=True)
     wanted = with_blip if blip else _synthetic_params(*args, dims=dims)
     marker = os.path.join(os.fspath(root), SYNTHETIC_MARKER)
     if _marker_matches(marker, wanted, with_blip):
         return root
-    with _generation_lock(os.fspath(root)):
+    with hold_lock(os.path.join(os.fspath(root), SYNTHETIC_LOCK),
+                   doing=f"is writing the synthetic set in {root}"):
         if _marker_matches(marker, wanted, with_blip):    # written by the process we waited for
             return root
         t0 = time.time()
@@ -1646,7 +1673,8 @@ def make_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_nois
         dirs += list(_blip_dirs())
     for dirname in dirs:
         os.makedirs(os.path.join(root, dirname), exist_ok=True)
-    _remove_stale_temporaries(root, dirs)
+    for dirname in dirs:
+        remove_stale_temporaries(os.path.join(root, dirname))
     world = _synthetic_world(np.random.default_rng(seed), n_concepts)   # the fine-tuning concepts
     rng = np.random.default_rng([seed, 1])                               # a stream of its own
     if blip:
@@ -1694,13 +1722,14 @@ def ensure_synthetic_pretrain(root, seed=0, n_videos=100, n_concepts=8, video_no
                               text_noise=0.3, blip=False, progress=True):
     """make_synthetic_pretrain unless a complete corpus with these parameters (or the same with
     BLIP-2 stand-ins, when blip=False) is there. Returns the jsonl path. Concurrent calls for one
-    folder: one generates, the others wait (`_generation_lock`)."""
+    folder: one generates, the others wait (`hold_lock`)."""
     args = (seed, n_videos, n_concepts, video_noise, text_noise)
     with_blip = _pretrain_params(*args, blip=True)
     wanted = with_blip if blip else _pretrain_params(*args, blip=False)
     marker = os.path.join(os.fspath(root), SYNTHETIC_PRETRAIN_MARKER)
     if not _marker_matches(marker, wanted, with_blip):
-        with _generation_lock(os.fspath(root)):
+        with hold_lock(os.path.join(os.fspath(root), SYNTHETIC_LOCK),
+                       doing=f"is writing the synthetic pretraining corpus in {root}"):
             if not _marker_matches(marker, wanted, with_blip):   # not made while we waited
                 make_synthetic_pretrain(root, seed, n_videos, n_concepts, video_noise,
                                         text_noise, blip, progress)

@@ -836,6 +836,16 @@ def evaluate_tvsum(submission, ground_truth, top_k=TVSUM_TOP_K) -> dict:
     return result
 
 
+def evaluate(dataset, submission, ground_truth, verbose=False) -> dict:
+    """The official metrics of `dataset`: "qvh", "charades" or "tvsum" (anything else, like this
+    repository's synthetic set, is scored as QVHighlights)."""
+    if dataset == "tvsum":
+        return evaluate_tvsum(submission, ground_truth)
+    if dataset == "charades":
+        return evaluate_charades(submission, ground_truth, verbose=verbose)
+    return evaluate_qvh(submission, ground_truth, verbose=verbose)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
@@ -865,12 +875,7 @@ def main(argv=None) -> int:
         submission = read_jsonl(args.submission_path)
         ground_truth = read_jsonl(args.gt_path)
         dataset = args.dataset or detect_dataset(ground_truth)
-        if dataset == "qvh":
-            metrics = evaluate_qvh(submission, ground_truth, verbose=args.verbose)
-        elif dataset == "charades":
-            metrics = evaluate_charades(submission, ground_truth, verbose=args.verbose)
-        else:
-            metrics = evaluate_tvsum(submission, ground_truth)
+        metrics = evaluate(dataset, submission, ground_truth, verbose=args.verbose)
         if args.save_path:
             write_json_atomic(args.save_path, metrics)
     except (MetricsInputError, OSError) as e:

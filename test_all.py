@@ -3873,7 +3873,7 @@ def test_batches_reach_the_device_in_few_copies_and_features_can_stay_there():
                                "query_feats": it["query_feats"].to("meta")} for it in items])
     assert on_device["video_feats"].device.type == on_device["video_mask"].device.type == "meta"
     assert on_device["query_mask"].device.type == "meta"
-    assert not train.keep_on_device("on", torch.device("cpu"), [])   # never on the CPU
+    assert not data.keep_on_device("on", torch.device("cpu"), [])   # never on the CPU
 
 
 _cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU "
