@@ -4239,26 +4239,41 @@ def test_readme_and_docs_tvsum_rows_are_the_committed_result_files(capsys):
     assert checked == 3                     # TR-DETR, TaskWeave and VideoLights have three seeds
 
 
-def test_docs_official_code_rows_are_the_committed_official_result_file():
-    # docs/tvsum.md's table of the official TR-DETR code beside ours: every number of the official
-    # rows is docs/tvsum/official/trdetr_seed2018.json, ours are docs/tvsum/trdetr_seed2018.json.
-    official = json.loads((REPO / "docs" / "tvsum" / "official" / "trdetr_seed2018.json").read_text())
-    ours = json.loads((REPO / "docs" / "tvsum" / "trdetr_seed2018.json").read_text())
-    done = official["finished"]
-    assert done and set(done) <= set(data.TVSUM_DOMAINS) and official["seed"] == ours["seed"] == 2018
+def test_docs_official_code_rows_are_the_committed_official_result_files():
+    # docs/tvsum.md's tables of the official code beside ours: every number of an official row is
+    # docs/tvsum/official/<model>_seed2018.json, and that file's best and mean are its curves'.
     lines = (REPO / "docs" / "tvsum.md").read_text().splitlines()
 
     def cells(label):
         (line,) = [l for l in lines if l.startswith(f"| {label} |")]
         return [c.strip() for c in line.strip().strip("|").split("|")][1:]
 
-    def expected(values):
-        shown = [f"{100 * values[d]:.1f}" if d in done else "-" for d in data.TVSUM_DOMAINS]
-        return shown + [f"{100 * sum(values[d] for d in done) / len(done):.1f}"]
-    for key, what in (("mAP", "best epoch"), ("mean_of_evaluations", "mean of all 400 evaluations")):
-        assert cells(f"official TR-DETR code, seed 2018, {what}") == expected(official[key])
-        assert cells(f"ours (trdetr.py), seed 2018, {what}") == expected(ours[key])
-    assert all(official["evaluations"][d] == 400 for d in done)
+    files = sorted((REPO / "docs" / "tvsum" / "official").glob("*_seed2018.json"))
+    assert [f.name for f in files] == ["trdetr_seed2018.json", "videolights_seed2018.json"]
+    for path in files:
+        official = json.loads(path.read_text())
+        model, done = official["model"], official["finished"]
+        name = {"trdetr": "TR-DETR", "videolights": "VideoLights"}[model]
+        ours = json.loads((REPO / "docs" / "tvsum" / f"{model}_seed2018.json").read_text())
+        assert done and set(done) <= set(data.TVSUM_DOMAINS) and official["seed"] == ours["seed"] == 2018
+        assert sorted(done + list(official["missing"])) == sorted(data.TVSUM_DOMAINS)
+        for d in done:
+            curve = official["curves"][d]
+            assert len(curve) == official["evaluations"][d] == 400
+            assert official["mAP"][d] == max(curve)
+            assert official["best_epoch"][d] == 5 * (curve.index(max(curve)) + 1)
+            assert abs(official["mean_of_evaluations"][d] - sum(curve) / 400) < 1e-6
+
+        def expected(values):
+            shown = [f"{100 * values[d]:.1f}" if d in done else "-" for d in data.TVSUM_DOMAINS]
+            return shown + [f"{100 * sum(values[d] for d in done) / len(done):.1f}"]
+        for key, what in (("mAP", "best epoch"), ("mean_of_evaluations", "mean of all 400 evaluations")):
+            assert cells(f"official {name} code, seed 2018, {what}") == expected(official[key])
+            assert cells(f"ours ({model}.py), seed 2018, {what}") == expected(ours[key])
+        if len(done) == len(data.TVSUM_DOMAINS):   # then the README's table shows it too
+            (line,) = [l for l in (REPO / "README.md").read_text().splitlines()
+                       if l.startswith(f"| {name} | I3D | the official code, seed 2018")]
+            assert [c.strip() for c in line.strip("|").split("|")][-11:] == expected(official["mAP"])
 
 
 def test_tvsum_summary_mean_and_std_over_seeds_beside_the_paper(tmp_path, capsys):
