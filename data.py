@@ -1585,10 +1585,11 @@ def hold_lock(path, busy=None, doing="holds it"):
 
 def remove_stale_temporaries(directory):
     """Temporary files of writes that a kill interrupted: NAME.tmp<pid> (torch.save, _write_npz)
-    and .NAME.*.tmp (metrics.write_text_atomic). Call it holding the folder's lock (`hold_lock`):
-    then nothing else is writing them."""
+    whose process is gone, and .NAME.*.tmp (metrics.write_text_atomic). Call it holding the
+    folder's lock (`hold_lock`): then nothing else is writing them."""
     for name in os.listdir(directory):
-        killed_save = ".tmp" in name and name.rpartition(".tmp")[2].isdigit()
+        pid = name.rpartition(".tmp")[2]
+        killed_save = ".tmp" in name and pid.isdigit() and not _pid_alive(int(pid))
         if killed_save or (name.startswith(".") and name.endswith(".tmp")):
             os.remove(os.path.join(directory, name))
 
