@@ -1563,7 +1563,8 @@ def hold_lock(path, busy=None, doing="holds it"):
         owner, age = _lock_owner(path)
         if age is None:                   # released meanwhile
             continue
-        if (owner is None and age > 10) or (owner is not None and not lock_holder(path)):
+        if (owner is None and age > 10) or (owner is not None and (owner == os.getpid()
+                                                                 or not _pid_alive(owner))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)           # stale
             continue

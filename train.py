@@ -209,11 +209,11 @@ def main(argv=None):
 def run(args, module, cfg, spec, feat_root, results_dir, domain=None, checkpoint=None):
     """Train (or with --eval-only evaluate) one model on one dataset or TVSum domain, holding
     results_dir/running.pid meanwhile. Returns the best evaluation's brief metrics."""
-    last_path = os.path.join(results_dir, "last.ckpt")
-    busy = (f"{results_dir} is being trained into by {{who}} ({os.path.join(results_dir, LOCK_FILE)}); "
-            f"wait for it, or pass another --results-dir")
+    last_path, lock = os.path.join(results_dir, "last.ckpt"), os.path.join(results_dir, LOCK_FILE)
+    busy = (f"{results_dir} is being trained into by {{who}} ({lock}); wait for it, or pass "
+            f"another --results-dir")
     try:
-        with data.hold_lock(os.path.join(results_dir, LOCK_FILE), busy):
+        with data.hold_lock(lock, busy):
             data.remove_stale_temporaries(results_dir)   # a killed checkpoint write: ~90 MB each
             if checkpoint is None and os.path.exists(os.path.join(results_dir, "config.json")):
                 if os.path.isfile(last_path):            # never overwrite a run's files
