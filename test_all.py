@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -4267,9 +4268,27 @@ def test_docs_official_code_rows_are_the_committed_official_result_files():
         def expected(values):
             shown = [f"{100 * values[d]:.1f}" if d in done else "-" for d in data.TVSUM_DOMAINS]
             return shown + [f"{100 * sum(values[d] for d in done) / len(done):.1f}"]
+        seeds = {"trdetr": (2018, 2019, 2020), "videolights": (2018, 2026, 2429)}[model]
+        runs = [json.loads((REPO / "docs" / "tvsum" / f"{model}_seed{s}.json").read_text()) for s in seeds]
+
+        def spread(values):            # mean ± sample std per domain, and of the three averages
+            return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
         for key, what in (("mAP", "best epoch"), ("mean_of_evaluations", "mean of all 400 evaluations")):
             assert cells(f"official {name} code, seed 2018, {what}") == expected(official[key])
             assert cells(f"ours ({model}.py), seed 2018, {what}") == expected(ours[key])
+            if len(done) == len(data.TVSUM_DOMAINS):
+                label = f"ours ({model}.py), seeds {seeds[0]}, {seeds[1]} and {seeds[2]}, {what}, mean ± std"
+                assert cells(label) == [spread([r[key][d] for r in runs]) for d in data.TVSUM_DOMAINS] + [
+                    spread([sum(r[key].values()) / len(r[key]) for r in runs])]
+                # The statement's 95% interval for one more run of ours (the seeds' per-domain
+                # variance pooled over the domains, 20 degrees of freedom) holds the official average.
+                pooled = statistics.mean(statistics.variance([r[key][d] for r in runs])
+                                         for d in data.TVSUM_DOMAINS)
+                centre = statistics.mean(sum(r[key].values()) / len(r[key]) for r in runs)
+                half = 2.086 * math.sqrt(pooled / len(done) * (1 + 1 / 3))
+                interval = f"{100 * (centre - half):.1f}-{100 * (centre + half):.1f}"
+                assert interval in "\n".join(lines)
+                assert centre - half <= sum(official[key].values()) / len(done) <= centre + half
         if len(done) == len(data.TVSUM_DOMAINS):   # then the README's table shows it too
             (line,) = [l for l in (REPO / "README.md").read_text().splitlines()
                        if l.startswith(f"| {name} | I3D | the official code, seed 2018")]
