@@ -4285,7 +4285,7 @@ def test_docs_official_code_rows_are_the_committed_official_result_files():
                 pooled = statistics.mean(statistics.variance([r[key][d] for r in runs])
                                          for d in data.TVSUM_DOMAINS)
                 centre = statistics.mean(sum(r[key].values()) / len(r[key]) for r in runs)
-                half = 2.086 * math.sqrt(pooled / len(done) * (1 + 1 / 3))
+                half = 2.086 * math.sqrt(pooled / len(done) * (1 + 1 / 3))     # 2.086: t(0.975, 20 df)
                 interval = f"{100 * (centre - half):.1f}-{100 * (centre + half):.1f}"
                 assert interval in "\n".join(lines)
                 assert centre - half <= sum(official[key].values()) / len(done) <= centre + half
