@@ -1538,10 +1538,15 @@ def _lock_owner(path):
     return (int(text) if text.isdigit() else None), age
 
 
+def _held_by_another(pid):
+    """True if `pid` (read from a lock file) is a live process other than this one."""
+    return pid != os.getpid() and _pid_alive(pid)
+
+
 def lock_holder(path):
     """The pid of the live process (not this one) that holds the lock file `path`, else None."""
     owner = _lock_owner(path)[0]
-    return owner if owner and owner != os.getpid() and _pid_alive(owner) else None
+    return owner if owner and _held_by_another(owner) else None
 
 
 @contextlib.contextmanager
@@ -1563,8 +1568,7 @@ def hold_lock(path, busy=None, doing="holds it"):
         owner, age = _lock_owner(path)
         if age is None:                   # released meanwhile
             continue
-        if (owner is None and age > 10) or (owner is not None and (owner == os.getpid()
-                                                                 or not _pid_alive(owner))):
+        if (owner is None and age > 10) or (owner is not None and not _held_by_another(owner)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)           # stale
             continue
