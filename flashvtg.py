@@ -150,9 +150,9 @@ def default_config(dataset):
                       num_mlp_layers=3, strides=(1,), mr_loss=False, snce_col=False, max_q_l=100,
                       neg_strip_segment=False, nms_thd=-1.0, best_metric="mAP")
     if dataset == "synthetic":
-        # The QVHighlights recipe with fewer epochs, for the CPU quick start (measured: ~96 s per
-        # training epoch of 16 steps of 64 with one CPU thread, 35 min in all with the batch-1
-        # evaluation after every epoch; MR is far past its plateau by epoch 10; README).
+        # The QVHighlights recipe with fewer epochs, for the CPU quick start: 16 steps of 64 an
+        # epoch, each followed by the one-query-at-a-time evaluation; MR is far past its plateau
+        # by epoch 10 (README, Results; docs/results.md).
         return Config(epochs=20)
     raise ValueError(f"flashvtg.py default_config: unknown dataset {dataset!r}; "
                      f"expected one of 'qvh', 'charades', 'tvsum', 'synthetic'")

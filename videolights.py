@@ -154,8 +154,8 @@ def default_config(dataset):
                       align_loss_coef=0.8, cos_sim_loss_coef=1.0, use_matcher=False,
                       best_metric="mAP")
     if dataset == "synthetic":
-        # The QVHighlights recipe with fewer epochs, for the CPU quick start (measured: 35 min with
-        # one thread beside another run on 2 cores; README, Quick start).
+        # The QVHighlights recipe with fewer epochs, for the CPU quick start (its time and metrics:
+        # README, Results).
         # The hard-loss weight 10 * (epoch + 1) follows the epoch index, not the fraction of training
         # done: in 30 epochs it only reaches 300 (the official 200-epoch run ends at 2,000), so this
         # term weighs less here, relative to the others, than at the same point of an official run.
