@@ -1518,6 +1518,8 @@ SYNTHETIC_LOCK = "GENERATING.pid"   # exists, holding the writer's pid, while en
 
 
 def _pid_alive(pid):
+    if pid <= 0:                          # os.kill(0 or -n) addresses process groups: no process
+        return False
     try:
         os.kill(pid, 0)                   # signal 0 only asks whether the process exists
     except ProcessLookupError:

@@ -1941,6 +1941,12 @@ def test_generation_waits_for_a_live_lock_and_takes_over_a_dead_ones(tmp_path, c
     os.utime(lock, (time.time() - 60, time.time() - 60))
     path = data.ensure_synthetic_pretrain(root, n_videos=1, progress=False)
     assert Path(path).exists() and not lock.exists()
+    # a lock file holding pid 0 (no process has it): nobody holds it, and it is taken over
+    lock.write_text("0")
+    assert data.lock_holder(str(lock)) is None
+    with data.hold_lock(str(lock), busy="held by {who}"):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
 
 
 # ==================================================================================================
