@@ -4285,14 +4285,15 @@ def test_docs_official_code_rows_are_the_committed_official_result_files():
             assert cells(f"official {name} code, seed 2018, {what}") == expected(official[key])
             assert cells(f"ours ({model}.py), seed 2018, {what}") == expected(ours[key])
             if len(done) == len(data.TVSUM_DOMAINS):
+                averages = [sum(r[key].values()) / len(r[key]) for r in runs]     # one per seed
                 label = f"ours ({model}.py), seeds {seeds[0]}, {seeds[1]} and {seeds[2]}, {what}, mean ± std"
                 assert cells(label) == [spread([r[key][d] for r in runs]) for d in data.TVSUM_DOMAINS] + [
-                    spread([sum(r[key].values()) / len(r[key]) for r in runs])]
+                    spread(averages)]
                 # The statement's 95% interval for one more run of ours (the seeds' per-domain
                 # variance pooled over the domains, 20 degrees of freedom) holds the official average.
                 pooled = statistics.mean(statistics.variance([r[key][d] for r in runs])
                                          for d in data.TVSUM_DOMAINS)
-                centre = statistics.mean(sum(r[key].values()) / len(r[key]) for r in runs)
+                centre = statistics.mean(averages)
                 half = 2.086 * math.sqrt(pooled / len(done) * (1 + 1 / 3))     # 2.086: t(0.975, 20 df)
                 interval = f"{100 * (centre - half):.1f}-{100 * (centre + half):.1f}"
                 assert interval in "\n".join(lines)
